@@ -1,0 +1,92 @@
+"""create_app: wires settings, credential, token provider and forwarder into one Starlette app.
+
+The app owns every runtime object; the lifespan starts them (without waiting for the first
+token) and closes them after uvicorn has drained in-flight requests, so the token refresher
+keeps running during a graceful shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from proxy.credentials import Credential, TokenProvider, credential_from_settings
+from proxy.forwarding import Forwarder, UpstreamConfig
+from proxy.settings import Settings
+
+
+def _upstream_config(settings: Settings) -> UpstreamConfig:
+    return UpstreamConfig(
+        origin=settings.upstream,
+        scope=settings.scope,
+        projects_scope=settings.projects_scope,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        pool_size=settings.pool_size,
+        replay_body_limit=settings.replay_body_limit,
+        trust_env=settings.trust_env,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    credential: Credential | None = None,
+    http: httpx2.AsyncClient | None = None,
+) -> Starlette:
+    """The ASGI app. ``credential`` and ``http`` (for token calls) may be supplied by tests;
+    a supplied ``http`` client is left open for its owner to close."""
+    own_http = http is None
+    token_http = http or httpx2.AsyncClient(
+        timeout=httpx2.Timeout(settings.token_timeout, connect=min(10.0, settings.token_timeout)),
+        follow_redirects=False,
+        trust_env=settings.trust_env,
+    )
+    tokens = TokenProvider(
+        credential or credential_from_settings(settings, token_http),
+        primary_scope=settings.scope,
+        wait_timeout=settings.token_wait,
+    )
+    forwarder = Forwarder(_upstream_config(settings), tokens)
+
+    async def healthz(request: Request) -> JSONResponse:
+        # Liveness never depends on Entra: restarting would throw away a still-valid token.
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        status = tokens.status()
+        if status.valid and status.expires_in is not None:
+            return JSONResponse({"status": "ready", "token_expires_in": int(status.expires_in)})
+        body: dict[str, object] = {"status": "not_ready", "reason": "no valid Entra ID token yet"}
+        if status.error is not None:
+            body["reason"] = f"{status.error.code}: {status.error.message}"
+            if status.error.hint:
+                body["fix"] = status.error.hint
+        return JSONResponse(body, status_code=503)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await forwarder.start()
+        tokens.start()
+        try:
+            yield
+        finally:
+            await forwarder.aclose()
+            await tokens.aclose()
+            if own_http:
+                await token_http.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/{path:path}", forwarder),
+        ],
+        lifespan=lifespan,
+    )

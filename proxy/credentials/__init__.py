@@ -1,0 +1,14 @@
+"""Obtaining and holding Entra ID tokens. Never imports the web framework."""
+
+from proxy.credentials.base import AccessToken, Credential
+from proxy.credentials.factory import credential_from_settings
+from proxy.credentials.provider import RetryPolicy, TokenProvider, TokenStatus
+
+__all__ = [
+    "AccessToken",
+    "Credential",
+    "RetryPolicy",
+    "TokenProvider",
+    "TokenStatus",
+    "credential_from_settings",
+]

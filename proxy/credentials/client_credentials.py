@@ -1,0 +1,101 @@
+"""The OAuth 2.0 client credentials grant against the Entra ID v2 token endpoint.
+
+One flow serves every app-identity kind: only how the client proves itself differs (a secret
+now; a signed assertion for certificates and workload identity), so that part is a strategy.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Protocol
+
+import httpx2
+from pydantic import SecretStr
+
+from proxy.credentials.base import AccessToken, parse_token_response
+from proxy.credentials.entra_errors import error_from_response, parse_retry_after
+from proxy.errors import CredentialUnavailable
+
+
+class ClientAuth(Protocol):
+    """How the app proves its identity in the token request."""
+
+    async def form_fields(self, token_endpoint: str) -> Mapping[str, str]: ...
+
+
+class SecretAuth:
+    """``client_secret`` in the form body (entra-docs v2-oauth2-client-creds-grant-flow)."""
+
+    def __init__(self, secret: SecretStr) -> None:
+        self._secret = secret
+
+    async def form_fields(self, token_endpoint: str) -> Mapping[str, str]:
+        return {"client_secret": self._secret.get_secret_value()}
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class ClientCredentials:
+    """Credential for an App Registration (tenant, client id and a ClientAuth)."""
+
+    def __init__(
+        self,
+        *,
+        authority_host: str,
+        tenant_id: str,
+        client_id: str,
+        auth: ClientAuth,
+        http: httpx2.AsyncClient,
+        kind: str = "client secret",
+    ) -> None:
+        self.kind = kind
+        self.token_endpoint = f"{authority_host}/{tenant_id}/oauth2/v2.0/token"
+        self._client_id = client_id
+        self._auth = auth
+        self._http = http
+
+    async def get_token(self, scope: str) -> AccessToken:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "scope": scope,
+            **await self._auth.form_fields(self.token_endpoint),
+        }
+        try:
+            response = await self._http.post(
+                self.token_endpoint, data=form, headers={"Accept": "application/json"}
+            )
+        except httpx2.TimeoutException:
+            raise CredentialUnavailable(
+                f"the token request to {self.token_endpoint} timed out", code="token_timeout"
+            ) from None
+        except httpx2.TransportError as exc:
+            if _tls_failure(exc):
+                raise CredentialUnavailable(
+                    f"TLS verification failed for {self.token_endpoint}: behind a corporate "
+                    "proxy, point SSL_CERT_FILE at its CA bundle",
+                    code="token_tls_error",
+                ) from None
+            raise CredentialUnavailable(
+                f"could not reach {self.token_endpoint} ({type(exc).__name__})",
+                code="token_unreachable",
+            ) from None
+        try:
+            body: object = response.json()
+        except ValueError:
+            body = None
+        if response.status_code == 200:
+            return parse_token_response(body)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise error_from_response(response.status_code, body, retry_after)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the HTTP client belongs to the app's lifespan."""

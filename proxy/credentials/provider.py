@@ -1,0 +1,349 @@
+"""TokenProvider: holds a fresh token per scope and refreshes it in the background.
+
+The rules (DESIGN.md, token lifecycle):
+- one refresh task per scope is the only caller of the credential, so a cold burst of requests
+  causes one token call (single flight);
+- requests read the cached token without awaiting anything; they wait only when no valid token
+  exists, for a bounded time;
+- refresh at the earlier of the server's ``refresh_in`` and half the lifetime, a little early by
+  jitter, so half the lifetime is left as outage tolerance;
+- a failed refresh keeps the old token while it is valid and retries with capped exponential
+  backoff and jitter, honouring Retry-After; configuration errors back off longest;
+- the refresh loop never dies, and it is cancelled and awaited at shutdown.
+
+Validity is checked on two clocks: the monotonic one (immune to wall-clock steps) and the wall
+clock, which keeps moving while a laptop sleeps when the monotonic clock does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cachetools import TLRUCache
+
+from proxy.credentials.base import AccessToken, Credential
+from proxy.errors import CredentialError, CredentialUnavailable
+
+log = logging.getLogger("foundry_proxy.token")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff after failed token calls, in seconds."""
+
+    transient_first: float = 1.0
+    transient_max: float = 60.0
+    # A rejected secret or unknown tenant will not fix itself in a second; asking again quickly
+    # only adds sign-in failures to the tenant's logs (and can trip Entra's throttling).
+    config_first: float = 30.0
+    config_max: float = 600.0
+    # openai 2.x/3.x SDKs skip their own retry when Retry-After exceeds 120 s, and Entra never
+    # asks for more than minutes; cap what a misbehaving server can make us wait.
+    max_retry_after: float = 3600.0
+    # A 401 storm must not become a token-call storm: at most one forced refresh this often.
+    forced_refresh_interval: float = 5.0
+    # Never schedule the next call sooner than this, whatever the token's timing says.
+    min_delay: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class HeldToken:
+    token: str = field(repr=False)
+    usable_until: float  # monotonic
+    usable_until_wall: float
+    lifetime: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStatus:
+    """What /readyz and the logs say about one scope."""
+
+    scope: str
+    valid: bool
+    expires_in: float | None
+    error: CredentialError | None
+
+
+def fingerprint(token: str) -> str:
+    """A short, one-way label to tell tokens apart in logs."""
+    return hashlib.sha256(token.encode()).hexdigest()[:10]
+
+
+class _Scope:
+    """Mutable per-scope state, owned by one TokenProvider."""
+
+    def __init__(self) -> None:
+        self.error: CredentialError | None = None
+        self.failures = 0
+        self.fetching = False
+        self.next_attempt = 0.0
+        self.last_forced = float("-inf")
+        self.wake = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        # Waiters hold the old event; a fresh one serves the next round.
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class TokenProvider:
+    """Per-scope token cache with background refresh. Create and use inside the event loop."""
+
+    def __init__(
+        self,
+        credential: Credential,
+        *,
+        primary_scope: str,
+        wait_timeout: float = 10.0,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.credential = credential
+        self.primary_scope = primary_scope
+        self._wait_timeout = wait_timeout
+        self._policy = policy or RetryPolicy()
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._scopes: dict[str, _Scope] = {}
+        self._cache: TLRUCache[str, HeldToken] = TLRUCache(
+            maxsize=64, ttu=lambda _k, held, _now: held.usable_until, timer=self._clock.monotonic
+        )
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start fetching the primary scope's token; returns at once."""
+        self._scope(self.primary_scope)
+
+    async def aclose(self) -> None:
+        """Stop every refresh task and wait for them to end."""
+        self._closed = True
+        tasks = [s.task for s in self._scopes.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._cache.clear()
+        await self.credential.aclose()
+
+    # -- request side ------------------------------------------------------------------------
+
+    def token_now(self, scope: str) -> str | None:
+        """The cached token if it is valid now; never awaits."""
+        held = self._cache.get(scope)
+        if held is not None:
+            if held.usable_until_wall > self._clock.time():
+                return held.token
+            # The wall clock ran past expiry while the monotonic clock did not (suspend).
+            self._cache.pop(scope, None)
+            state = self._scope(scope)
+            if not state.failures:
+                state.wake.set()
+            return None
+        self._scope(scope)
+        return None
+
+    async def token(self, scope: str) -> str:
+        """A valid token, waiting at most wait_timeout when none is held.
+
+        Raises the last CredentialError (or CredentialUnavailable when none happened yet).
+        """
+        token = self.token_now(scope)
+        if token is not None:
+            return token
+        state = self._scope(scope)
+        deadline = self._clock.monotonic() + self._wait_timeout
+        while True:
+            # Do not hold the request when the next attempt is too far away to help.
+            error = state.error
+            if (
+                error is not None
+                and not state.fetching
+                and (error.permanent or state.next_attempt > deadline)
+            ):
+                raise error
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise state.error or CredentialUnavailable(
+                    f"no token from Entra ID within {self._wait_timeout:g} s",
+                    code="token_pending",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.changed.wait(), remaining)
+            token = self.token_now(scope)
+            if token is not None:
+                return token
+
+    def invalidate(self, scope: str, rejected: str) -> bool:
+        """The upstream refused ``rejected``: refresh now, unless that was just done.
+
+        Returns True when a token other than ``rejected`` is held or on its way.
+        """
+        current = self.token_now(scope)
+        if current is not None and current != rejected:
+            return True
+        state = self._scope(scope)
+        now = self._clock.monotonic()
+        if state.failures or now - state.last_forced < self._policy.forced_refresh_interval:
+            return False
+        state.last_forced = now
+        log.info("the upstream refused the token for %s; refreshing it now", scope)
+        state.wake.set()
+        return True
+
+    async def refreshed(self, scope: str, rejected: str) -> str | None:
+        """A token other than ``rejected`` (which the upstream refused), or None.
+
+        Forces one refresh (see invalidate) and waits for it at most wait_timeout.
+        """
+        if not self.invalidate(scope, rejected):
+            return None
+        current = self.token_now(scope)
+        if current is not None and current != rejected:
+            return current
+        changed = self._scope(scope).changed
+        try:
+            await asyncio.wait_for(changed.wait(), self._wait_timeout)
+        except TimeoutError:
+            return None
+        current = self.token_now(scope)
+        return current if current != rejected else None
+
+    def status(self, scope: str | None = None) -> TokenStatus:
+        scope = scope or self.primary_scope
+        held = self._cache.get(scope)
+        state = self._scopes.get(scope)
+        error = state.error if state else None
+        if held is None or held.usable_until_wall <= self._clock.time():
+            return TokenStatus(scope, False, None, error)
+        expires_in = held.usable_until - self._clock.monotonic()
+        return TokenStatus(scope, True, expires_in, error)
+
+    # -- refresh side ------------------------------------------------------------------------
+
+    def _scope(self, scope: str) -> _Scope:
+        state = self._scopes.get(scope)
+        if state is None:
+            state = self._scopes[scope] = _Scope()
+            if not self._closed:
+                state.task = asyncio.get_running_loop().create_task(
+                    self._run(scope, state), name=f"token-refresh {scope}"
+                )
+        return state
+
+    async def _run(self, scope: str, state: _Scope) -> None:
+        while True:
+            try:
+                delay = await self._fetch(scope, state)
+            except Exception:
+                # Last line of defence: the loop must outlive any bug in a credential.
+                log.exception("unexpected error while refreshing the token for %s", scope)
+                state.fetching = False
+                state.failures += 1
+                delay = self._policy.transient_max
+            state.next_attempt = self._clock.monotonic() + delay
+            state.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), delay)
+
+    async def _fetch(self, scope: str, state: _Scope) -> float:
+        """One token call; returns the seconds until the next one."""
+        started = self._clock.monotonic()
+        started_wall = self._clock.time()
+        state.fetching = True
+        try:
+            token = await self.credential.get_token(scope)
+        except CredentialError as err:
+            return self._failed(scope, state, err)
+        finally:
+            state.fetching = False
+        return self._store(scope, state, token, started, started_wall)
+
+    def _store(
+        self, scope: str, state: _Scope, token: AccessToken, started: float, started_wall: float
+    ) -> float:
+        lifetime = token.expires_in
+        # Measured from when the request was sent, so it can only err on the early side.
+        # The margin keeps a token from being sent upstream seconds before it expires there.
+        margin = min(60.0, lifetime * 0.1)
+        held = HeldToken(
+            token=token.token,
+            usable_until=started + lifetime - margin,
+            usable_until_wall=started_wall + lifetime - margin,
+            lifetime=lifetime,
+        )
+        self._cache[scope] = held
+        refresh = lifetime / 2
+        if token.refresh_in is not None:
+            refresh = min(refresh, token.refresh_in)
+        # Jitter spreads the refreshes of many replicas started together.
+        refresh -= self._rng.uniform(0.0, min(60.0, refresh * 0.1))
+        recovered = state.failures > 0
+        state.failures = 0
+        state.error = None
+        state.notify()
+        log.log(
+            logging.INFO if recovered or lifetime > 300 else logging.DEBUG,
+            "token for %s acquired via %s (fingerprint %s, valid %.0f s, next refresh in %.0f s)",
+            scope,
+            self.credential.kind,
+            fingerprint(token.token),
+            lifetime,
+            refresh,
+        )
+        elapsed = self._clock.monotonic() - started
+        return max(self._policy.min_delay, refresh - elapsed)
+
+    def _failed(self, scope: str, state: _Scope, err: CredentialError) -> float:
+        policy = self._policy
+        state.failures += 1
+        state.error = err
+        first, cap = (
+            (policy.config_first, policy.config_max)
+            if err.permanent
+            else (policy.transient_first, policy.transient_max)
+        )
+        backoff = min(cap, first * 2 ** min(state.failures - 1, 30))
+        delay = self._rng.uniform(backoff / 2, backoff)
+        held = self._cache.get(scope)
+        if held is not None:
+            # Keep trying while the old token lasts: at least twice before it runs out.
+            left = held.usable_until - self._clock.monotonic()
+            delay = min(delay, max(policy.min_delay, left / 2))
+        if err.retry_after is not None:
+            delay = max(delay, min(err.retry_after, policy.max_retry_after))
+        state.notify()
+        log.warning(
+            "token for %s not refreshed via %s: %s: %s%s (%s; retry in %.1f s)",
+            scope,
+            self.credential.kind,
+            err.code or type(err).__name__,
+            err.message,
+            f" - {err.hint}" if err.hint else "",
+            "still using the current token" if held is not None else "no valid token",
+            delay,
+        )
+        return delay

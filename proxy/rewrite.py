@@ -1,0 +1,165 @@
+"""Pure request and response rewriting: which upstream path a request maps to, which headers pass.
+
+Standard library only, no I/O: the forwarder calls these on every request, and the property
+tests exercise them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Route families: local prefix -> upstream prefix. `/v1/...` serves `OpenAI(base_url=.../v1)`.
+_ROUTES: tuple[tuple[bytes, str, bool], ...] = (
+    (b"/v1/", "/openai/v1/", False),
+    (b"/openai/", "/openai/", False),
+    (b"/models/", "/models/", False),
+    (b"/api/projects/", "/api/projects/", True),
+)
+
+# RFC 3986 pchar plus "/": what may appear unescaped in a path we forward.
+_PATH_BYTES = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/%"
+)
+# Escapes that would let the upstream see a different path than the one checked here:
+# dots and slashes (traversal), backslash (some servers treat it as "/"), controls.
+_FORBIDDEN_ESCAPES = frozenset({0x2E, 0x2F, 0x5C, 0x7F, *range(0x20)})
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+# Printable ASCII except "#": a fragment never belongs in a request target.
+_QUERY_BYTES = frozenset(range(0x21, 0x7F)) - {0x23}
+
+
+class BadTarget(ValueError):
+    """The request target cannot be forwarded; ``status`` says how to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: ``path_qs`` is appended to the configured origin as is."""
+
+    path_qs: str
+    projects: bool
+
+
+def _check_path(raw: bytes) -> None:
+    if not raw.startswith(b"/") or not _PATH_BYTES.issuperset(raw):
+        raise BadTarget(400, "the request path contains characters that are not allowed")
+    for segment in raw.split(b"/")[1:]:
+        if segment in (b"", b".", b".."):
+            raise BadTarget(400, "the request path has empty or dot segments")
+    index = raw.find(b"%")
+    while index != -1:
+        pair = raw[index + 1 : index + 3]
+        if len(pair) != 2 or not _HEX.issuperset(pair):
+            raise BadTarget(400, "the request path has a malformed percent-escape")
+        if int(pair, 16) in _FORBIDDEN_ESCAPES:
+            raise BadTarget(400, "the request path has an encoded slash, dot or control byte")
+        index = raw.find(b"%", index + 3)
+
+
+def map_target(raw_path: bytes, query: bytes) -> Target:
+    """Map a request's raw path and query onto the upstream, or raise BadTarget.
+
+    The path is validated as it arrived (never decoded, never normalised) and forwarded as the
+    same bytes, so the string that is checked is the string that is sent.
+    """
+    route = next((r for r in _ROUTES if raw_path.startswith(r[0])), None)
+    if route is None:
+        raise BadTarget(
+            404, "no such route: foundry-proxy serves /v1/, /openai/, /models/ and /api/projects/"
+        )
+    local, upstream, projects = route
+    _check_path(raw_path)
+    if query and not _QUERY_BYTES.issuperset(query):
+        raise BadTarget(400, "the query string contains characters that are not allowed")
+    path = upstream + raw_path[len(local) :].decode("ascii")
+    return Target(path + "?" + query.decode("ascii") if query else path, projects)
+
+
+# RFC 9110 section 7.6.1 hop-by-hop fields, plus their common non-standard relatives.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    }
+)
+
+# Never forwarded upstream: the client's own credentials (the proxy supplies the only one),
+# framing (recomputed for the body actually sent), and headers that would let a local caller
+# pretend to be someone else or override the method.
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"authorization",
+    b"api-key",
+    b"api_key",
+    b"x-api-key",
+    b"ocp-apim-subscription-key",
+    b"cookie",
+    b"forwarded",
+    b"x-real-ip",
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+}
+_REQUEST_DROP_PREFIXES = (b"x-forwarded-", b"x-envoy-")
+
+# Response fields that describe the upstream hop, or that would leak between local callers.
+_RESPONSE_DROP = HOP_BY_HOP | {b"set-cookie", b"set-cookie2", b"alt-svc"}
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    # RFC 9110 section 7.6.1: fields named in Connection are hop-by-hop for this message.
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], int | None]:
+    """Headers to send upstream (without Authorization) and the request's Content-Length.
+
+    ASGI servers give lower-case names (ASGI spec, HTTP connection scope).
+    """
+    listed = _connection_tokens(raw) if any(n == b"connection" for n, _ in raw) else None
+    out: list[tuple[str, str]] = []
+    length: int | None = None
+    for name, value in raw:
+        if name in _REQUEST_DROP or name.startswith(_REQUEST_DROP_PREFIXES):
+            if name == b"content-length":
+                if not value.isdigit():
+                    raise BadTarget(400, "the Content-Length header is not a number")
+                length = int(value)
+            continue
+        if listed and name in listed:
+            continue
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out, length
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers to pass to the client, names lower-cased."""
+    pairs = [(name.lower(), value) for name, value in raw]
+    listed = _connection_tokens(pairs) if any(n == b"connection" for n, _ in pairs) else None
+    return [
+        (name, value)
+        for name, value in pairs
+        if name not in _RESPONSE_DROP and not (listed and name in listed)
+    ]

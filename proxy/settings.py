@@ -1,0 +1,283 @@
+"""Settings: one frozen object, validated once, the only reader of the environment.
+
+Every setting comes from the environment or an env file (the environment wins). The Azure ones
+keep the names azure-identity uses, so an existing deployment's variables work unchanged; the
+proxy's own carry the ``FOUNDRY_PROXY_`` prefix. ``load_settings`` reports every problem at
+once and never echoes a value (pydantic-settings would otherwise print the secret it was given:
+pydantic/pydantic-settings#256).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from proxy.errors import ConfigError
+
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+AI_PROJECTS_SCOPE = "https://ai.azure.com/.default"
+PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
+PREFIX = "FOUNDRY_PROXY_"
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$"
+)
+# Multi-tenant aliases cannot mint app-only tokens: client credentials need one real tenant.
+_TENANT_ALIASES = {"common", "organizations", "consumers"}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and any address in 127.0.0.0/8 or ``::1``."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(value: str, name: str, *, allow_path: bool) -> str:
+    """Validate an absolute http(s) URL and return it without a trailing slash.
+
+    https is required except for loopback hosts (local emulators and tests); userinfo, query
+    and fragment are refused so the string used is exactly the string checked.
+    """
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"must be an absolute https:// URL such as https://{name}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain a user name or password")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query string or fragment")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("has an invalid port") from exc
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError("must use https:// (plain http is allowed only for loopback hosts)")
+    path = parts.path.rstrip("/")
+    if path and not allow_path:
+        raise ValueError(
+            f"must be the resource origin only, without the path {path!r} "
+            "(for example https://myresource.openai.azure.com)"
+        )
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{path}"
+
+
+def _scope(value: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "api") or not value.endswith("/.default") or " " in value:
+        raise ValueError(
+            f"must be one resource followed by /.default, for example {COGNITIVE_SERVICES_SCOPE}"
+        )
+    return value
+
+
+def _env(name: str) -> Any:
+    """Field metadata binding a setting to exactly one environment variable name."""
+    return Field(validation_alias=AliasChoices(name))
+
+
+class Settings(BaseSettings):
+    """Everything foundry-proxy is told from outside. Build once; never mutated."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    upstream: Annotated[str, _env("FOUNDRY_PROXY_UPSTREAM")]
+    tenant_id: Annotated[str, _env("AZURE_TENANT_ID")]
+    client_id: Annotated[str, _env("AZURE_CLIENT_ID")]
+    client_secret: Annotated[SecretStr, _env("AZURE_CLIENT_SECRET")]
+    authority_host: Annotated[str, _env("AZURE_AUTHORITY_HOST")] = PUBLIC_AUTHORITY
+    scope: Annotated[str, _env("FOUNDRY_PROXY_SCOPE")] = COGNITIVE_SERVICES_SCOPE
+    projects_scope: Annotated[str, _env("FOUNDRY_PROXY_PROJECTS_SCOPE")] = AI_PROJECTS_SCOPE
+
+    host: Annotated[str, _env("FOUNDRY_PROXY_HOST")] = "127.0.0.1"
+    port: Annotated[int, _env("FOUNDRY_PROXY_PORT"), Field(ge=0, le=65535)] = 8787
+    allow_remote: Annotated[bool, _env("FOUNDRY_PROXY_ALLOW_REMOTE")] = False
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _env("FOUNDRY_PROXY_LOG_LEVEL")
+    ] = "info"
+
+    connect_timeout: Annotated[float, _env("FOUNDRY_PROXY_CONNECT_TIMEOUT"), Field(gt=0)] = 10.0
+    read_timeout: Annotated[float, _env("FOUNDRY_PROXY_READ_TIMEOUT"), Field(gt=0)] = 600.0
+    token_timeout: Annotated[float, _env("FOUNDRY_PROXY_TOKEN_TIMEOUT"), Field(gt=0)] = 30.0
+    token_wait: Annotated[float, _env("FOUNDRY_PROXY_TOKEN_WAIT"), Field(ge=0)] = 10.0
+    pool_size: Annotated[int, _env("FOUNDRY_PROXY_POOL_SIZE"), Field(ge=1)] = 256
+    replay_body_limit: Annotated[int, _env("FOUNDRY_PROXY_REPLAY_BODY_LIMIT"), Field(ge=0)] = (
+        256 * 1024
+    )
+    shutdown_grace: Annotated[float, _env("FOUNDRY_PROXY_SHUTDOWN_GRACE"), Field(ge=0)] = 30.0
+    trust_env: Annotated[bool, _env("FOUNDRY_PROXY_TRUST_ENV")] = False
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, v: str) -> str:
+        return _origin(v, "myresource.openai.azure.com", allow_path=False)
+
+    @field_validator("authority_host")
+    @classmethod
+    def _check_authority(cls, v: str) -> str:
+        # The AKS workload identity webhook injects this with or without a scheme and with a
+        # trailing slash; azure-identity accepts both forms, so do we.
+        v = v.strip()
+        if "://" not in v:
+            v = "https://" + v
+        return _origin(v, "login.microsoftonline.com", allow_path=False)
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _check_tenant(cls, v: str) -> str:
+        v = v.strip()
+        if v.lower() in _TENANT_ALIASES:
+            raise ValueError(
+                f"{v!r} cannot issue app tokens: use your tenant's ID (a GUID) "
+                "or its domain such as contoso.onmicrosoft.com"
+            )
+        if not (_GUID.match(v) or _DOMAIN.match(v)):
+            raise ValueError(
+                "must be a tenant ID (a GUID) or a domain like contoso.onmicrosoft.com"
+            )
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _check_client_id(cls, v: str) -> str:
+        v = v.strip()
+        if not _GUID.match(v):
+            raise ValueError("must be the App Registration's Application (client) ID, a GUID")
+        return v
+
+    @field_validator("client_secret")
+    @classmethod
+    def _check_secret(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("is empty")
+        return v
+
+    @field_validator("scope", "projects_scope")
+    @classmethod
+    def _check_scope(cls, v: str) -> str:
+        return _scope(v)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("is empty")
+        return v
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _check_port(cls, v: object) -> object:
+        # Kubernetes "service links" inject FOUNDRY_PROXY_PORT=tcp://10.0.0.1:8787 into every
+        # pod of a namespace holding a Service named foundry-proxy.
+        if isinstance(v, str) and "://" in v:
+            raise ValueError(
+                "looks like a Kubernetes service link (set enableServiceLinks: false on the "
+                "pod, or set FOUNDRY_PROXY_PORT explicitly)"
+            )
+        return v
+
+    def problems_beyond_fields(self) -> list[str]:
+        """Cross-field rules: bind policy."""
+        problems = []
+        if not is_loopback_host(self.host) and not self.allow_remote:
+            problems.append(
+                f"FOUNDRY_PROXY_HOST: {self.host!r} is not a loopback address; anyone who can "
+                "reach it can spend this identity's quota. Bind 127.0.0.1, or set "
+                "FOUNDRY_PROXY_ALLOW_REMOTE=true (--allow-remote) if the network is trusted"
+            )
+        return problems
+
+    def warnings(self) -> list[str]:
+        """Things that are valid but probably wrong."""
+        out = []
+        if _GUID.match(self.client_secret.get_secret_value().strip()):
+            out.append(
+                "AZURE_CLIENT_SECRET looks like a GUID: that is usually the secret's ID; "
+                "the proxy needs the secret's Value (shown once, when the secret is created)"
+            )
+        return out
+
+
+def env_names() -> dict[str, str]:
+    """Field name -> environment variable name."""
+    names = {}
+    for name, f in Settings.model_fields.items():
+        assert isinstance(f.validation_alias, AliasChoices)
+        names[name] = str(f.validation_alias.choices[0])
+    return names
+
+
+def _describe(error: Any, names: dict[str, str]) -> str:
+    loc = error.get("loc") or ("",)
+    key = str(loc[0])
+    name = names.get(key, key)
+    if error.get("type") == "missing":
+        return f"{name}: is required"
+    message = str(error.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    return f"{name}: {message}"
+
+
+def _unknown_keys(keys: list[str], known: set[str], where: str) -> list[str]:
+    problems = []
+    for key in keys:
+        if key.upper().startswith(PREFIX) and key.upper() not in known:
+            close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{key}: unknown setting in {where}{hint}")
+    return problems
+
+
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment, an optional env file and explicit overrides.
+
+    Raises ConfigError listing every problem; no value appears in the message.
+    """
+    names = env_names()
+    problems: list[str] = []
+    if env_file is not None:
+        if not env_file.is_file():
+            raise ConfigError([f"--env-file: {env_file} does not exist or is not a file"])
+        keys = [k for k in dotenv_values(env_file) if k]
+        problems += _unknown_keys(keys, set(names.values()), str(env_file))
+    try:
+        settings = Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        problems += [_describe(e, names) for e in exc.errors(include_input=False)]
+        raise ConfigError(problems) from None
+    problems += settings.problems_beyond_fields()
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def environment_proxy_variables() -> list[str]:
+    """Names of proxy variables set in the environment (values are never read out)."""
+    names = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    return [n for n in names if os.environ.get(n)]
