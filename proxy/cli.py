@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _drained(signum: int, frame: object) -> None:
+    log.info("shut down cleanly after %s", signal.Signals(signum).name)
+
+
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGINT/SIGTERM; returns the process exit code."""
     from proxy.app import create_app  # after logging is set up: the app logs while it builds
@@ -127,6 +132,11 @@ def serve(settings: Settings) -> int:
         backlog=2048,
     )
     server = uvicorn.Server(config)
+    # uvicorn handles SIGINT/SIGTERM itself (graceful drain; a second signal forces exit) and
+    # then re-raises the signal to the handler that was installed before it. With the default
+    # handler that kills the process with the signal; a completed drain should exit 0 instead.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _drained)
     server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP
 

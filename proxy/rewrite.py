@@ -22,8 +22,9 @@ _PATH_BYTES = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/%"
 )
 # Escapes that would let the upstream see a different path than the one checked here:
-# dots and slashes (traversal), backslash (some servers treat it as "/"), controls.
-_FORBIDDEN_ESCAPES = frozenset({0x2E, 0x2F, 0x5C, 0x7F, *range(0x20)})
+# dots and slashes (traversal), backslash (some servers treat it as "/"), an escaped "%"
+# (double encoding, for servers that decode twice) and controls.
+_FORBIDDEN_ESCAPES = frozenset({0x25, 0x2E, 0x2F, 0x5C, 0x7F, *range(0x20)})
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Printable ASCII except "#": a fragment never belongs in a request target.
 _QUERY_BYTES = frozenset(range(0x21, 0x7F)) - {0x23}
@@ -58,7 +59,7 @@ def _check_path(raw: bytes) -> None:
         if len(pair) != 2 or not _HEX.issuperset(pair):
             raise BadTarget(400, "the request path has a malformed percent-escape")
         if int(pair, 16) in _FORBIDDEN_ESCAPES:
-            raise BadTarget(400, "the request path has an encoded slash, dot or control byte")
+            raise BadTarget(400, "the request path has an encoded slash, dot, percent or control")
         index = raw.find(b"%", index + 3)
 
 

@@ -53,6 +53,9 @@ class RetryPolicy:
 
     transient_first: float = 1.0
     transient_max: float = 60.0
+    # With no valid token every request fails, so retry a transient failure sooner: recovery
+    # within seconds of Entra coming back matters more than a few extra calls during an outage.
+    transient_max_without_token: float = 10.0
     # A rejected secret or unknown tenant will not fix itself in a second; asking again quickly
     # only adds sign-in failures to the tenant's logs (and can trip Entra's throttling).
     config_first: float = 30.0
@@ -326,9 +329,11 @@ class TokenProvider:
             if err.permanent
             else (policy.transient_first, policy.transient_max)
         )
+        held = self._cache.get(scope)
+        if held is None and not err.permanent:
+            cap = min(cap, policy.transient_max_without_token)
         backoff = min(cap, first * 2 ** min(state.failures - 1, 30))
         delay = self._rng.uniform(backoff / 2, backoff)
-        held = self._cache.get(scope)
         if held is not None:
             # Keep trying while the old token lasts: at least twice before it runs out.
             left = held.usable_until - self._clock.monotonic()

@@ -103,6 +103,8 @@ class ProxyProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
 
@@ -116,14 +118,18 @@ class Stack:
         self.foundry = FakeFoundry(self.ledger)
         self.entra_server = ServerThread(self.entra.app).start()
         self.foundry_server = ServerThread(self.foundry).start()
-        self.env = clean_environment() | {
-            "FOUNDRY_PROXY_UPSTREAM": self.foundry_server.url,
-            "AZURE_AUTHORITY_HOST": self.entra_server.url,
-            "AZURE_TENANT_ID": TENANT,
-            "AZURE_CLIENT_ID": CLIENT_ID,
-            "AZURE_CLIENT_SECRET": self.secret,
-            "FOUNDRY_PROXY_LOG_LEVEL": "debug",
-        } | env
+        self.env = (
+            clean_environment()
+            | {
+                "FOUNDRY_PROXY_UPSTREAM": self.foundry_server.url,
+                "AZURE_AUTHORITY_HOST": self.entra_server.url,
+                "AZURE_TENANT_ID": TENANT,
+                "AZURE_CLIENT_ID": CLIENT_ID,
+                "AZURE_CLIENT_SECRET": self.secret,
+                "FOUNDRY_PROXY_LOG_LEVEL": "debug",
+            }
+            | env
+        )
         self.proxy: ProxyProcess | None = None
 
     def start_proxy(self, *args: str, ready: bool = True) -> ProxyProcess:

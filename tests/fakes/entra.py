@@ -60,9 +60,7 @@ def entra_error(status: int, error: str, code: int, text: str) -> Step:
 
 
 class FakeEntra:
-    def __init__(
-        self, ledger: TokenLedger, *, tenant: str, client_id: str, secret: str
-    ) -> None:
+    def __init__(self, ledger: TokenLedger, *, tenant: str, client_id: str, secret: str) -> None:
         self.ledger = ledger
         self.tenant = tenant
         self.client_id = client_id
@@ -109,7 +107,9 @@ class FakeEntra:
                 400, "unauthorized_client", 700016, "Application was not found in the directory."
             )
         if "client_secret" not in form:
-            return entra_error(401, "invalid_client", 7000218, "The request body must contain client_secret.")
+            return entra_error(
+                401, "invalid_client", 7000218, "The request body must contain client_secret."
+            )
         if not call.secret_ok:
             return entra_error(
                 401,

@@ -1,0 +1,251 @@
+"""Routing, path safety (SSRF) and header rules, checked against the fake upstream's journal."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+
+from tests.e2e.stack import Stack
+from tests.fakes.serve import ServerThread
+
+pytestmark = pytest.mark.e2e
+
+
+class _Evil:
+    """A listener that must never be reached: every request to it is a test failure."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+
+    async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            self.hits.append(str(scope.get("path")))
+
+
+@pytest.fixture(scope="module")
+def evil() -> Iterator[tuple[_Evil, ServerThread]]:
+    app = _Evil()
+    server = ServerThread(app, host="127.0.0.2").start()
+    yield app, server
+    server.stop()
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """Send exact bytes, return everything the proxy answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if (
+                b"\r\n\r\n" in b"".join(chunks)
+                and b"connection: close" not in b"".join(chunks).lower()
+            ):
+                # One full response is enough once the body length is known to be met.
+                head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:") and len(body) >= int(
+                        line.split(b":")[1]
+                    ):
+                        return b"".join(chunks)
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{evil}/openai/v1/models",
+        "https://127.0.0.2:{evil}/openai/v1/models",
+        "//127.0.0.2:{evil}/openai/v1/models",
+        "/v1/../../127.0.0.2:{evil}/x",
+        "/openai/v1/models/../../../files",
+        "/openai/v1/%2e%2e/%2e%2e/files",
+        "/openai/v1/..%2f..%2ffiles",
+        "/openai/v1/%2F127.0.0.2:{evil}",
+        "/openai/v1/%252e%252e/files",
+        "/openai/v1//files",
+        "/openai/v1/.\\files",
+        "/openai/v1/%5cfiles",
+        "/openai/v1/models%00",
+        "/v1/models/",
+    ],
+)
+def test_request_targets_never_leave_the_configured_origin(
+    stack: Stack, evil: tuple[_Evil, ServerThread], target: str
+) -> None:
+    """C27/C28: absolute forms, //host, dot segments and encoded slashes."""
+    app, server = evil
+    assert stack.proxy is not None
+    before = len(stack.foundry.journal)
+    target_bytes = target.format(evil=server.port).encode()
+    response = raw_request(
+        stack.proxy.port,
+        b"GET " + target_bytes + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    assert app.hits == []
+    new = stack.foundry.journal[before:]
+    if target_bytes.startswith(b"http"):
+        # Some parsers reduce an absolute-form target to its path: then it may go only to the
+        # configured upstream, and only as the path the proxy validated.
+        assert all(e.raw_path == "/openai/v1/models" for e in new)
+        assert status_of(response) in (200, 400, 404)
+    else:
+        assert new == [], f"{target} was forwarded as {[e.raw_path for e in new]}"
+        assert status_of(response) in (400, 404)
+    assert stack.ledger.prefix.encode() not in response
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/foo", "/v2/models", "/openaix/v1/models", "/v1", "/metrics.php"]
+)
+def test_unknown_paths_get_an_openai_shaped_404(stack: Stack, path: str) -> None:
+    before = len(stack.foundry.journal)
+    r = httpx2.get(stack.url + path)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+    assert len(stack.foundry.journal) == before
+
+
+def test_query_string_is_forwarded_verbatim(stack: Stack) -> None:
+    query = "api-version=2025-04-01-preview&x=%2F%20a&empty=&flag"
+    r = httpx2.post(f"{stack.url}/openai/deployments/d1/embeddings?{query}", json={"input": "a"})
+    assert r.status_code == 200
+    entry = stack.foundry.journal[-1]
+    assert (entry.raw_path, entry.query) == ("/openai/deployments/d1/embeddings", query)
+
+
+@pytest.mark.parametrize(
+    ("local", "upstream"),
+    [
+        ("/v1/files/file-abc", "/openai/v1/files/file-abc"),
+        ("/openai/v1/responses", "/openai/v1/responses"),
+        ("/openai/responses", "/openai/responses"),
+        ("/models/chat/completions", "/models/chat/completions"),
+        ("/api/projects/proj1/openai/v1/responses", "/api/projects/proj1/openai/v1/responses"),
+    ],
+)
+def test_route_families(stack: Stack, local: str, upstream: str) -> None:
+    r = httpx2.post(stack.url + local, json={"model": "m"})
+    assert r.status_code == 200, r.text
+    entry = stack.foundry.journal[-1]
+    assert entry.raw_path == upstream
+    # /api/projects/ needs a token for https://ai.azure.com; the fake checks the audience.
+    assert entry.auth == "ok"
+
+
+def test_methods_and_bodies_pass_through(stack: Stack) -> None:
+    r = httpx2.request("DELETE", stack.url + "/v1/files/file-1")
+    assert r.status_code == 200
+    assert r.json()["method"] == "DELETE"
+
+
+def test_request_header_rules(stack: Stack) -> None:
+    """B15-B18: one Authorization (the proxy's), no client credentials or hop-by-hop headers."""
+    headers = [
+        ("Authorization", "Bearer client-supplied"),
+        ("api-key", "client-key"),
+        ("Ocp-Apim-Subscription-Key", "sub-key"),
+        ("x-api-key", "xkey"),
+        ("Cookie", "a=b"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("Forwarded", "for=10.0.0.1"),
+        ("Proxy-Authorization", "Basic eA=="),
+        ("TE", "trailers"),
+        ("Keep-Alive", "timeout=5"),
+        ("Connection", "keep-alive, X-Drop-Me, Authorization"),
+        ("X-Drop-Me", "1"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("x-ms-client-request-id", "cid-123"),
+        ("extra-parameters", "pass-through"),
+        ("aoai-evals", "preview"),
+        ("OpenAI-Organization", "org"),
+        ("x-stainless-lang", "python"),
+        ("User-Agent", "my-app/1.0"),
+    ]
+    r = httpx2.post(stack.url + "/v1/chat/completions", json={"model": "m"}, headers=headers)
+    assert r.status_code == 200
+    entry = stack.foundry.journal[-1]
+    names = [k for k, _ in entry.headers]
+    for dropped in (
+        "api-key",
+        "ocp-apim-subscription-key",
+        "x-api-key",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "proxy-authorization",
+        "te",
+        "keep-alive",
+        "connection",
+        "x-drop-me",
+        "x-http-method-override",
+    ):
+        assert dropped not in names, dropped
+    assert entry.header("authorization") == [f"Bearer {stack.ledger.prefix}-{entry.token_serial}"]
+    assert entry.header("host") == [stack.foundry_server.url.removeprefix("http://")]
+    assert entry.header("x-ms-client-request-id") == ["cid-123"]
+    assert entry.header("extra-parameters") == ["pass-through"]
+    assert entry.header("aoai-evals") == ["preview"]
+    assert entry.header("openai-organization") == ["org"]
+    assert entry.header("x-stainless-lang") == ["python"]
+    assert entry.header("user-agent") == ["my-app/1.0"]
+
+
+def test_no_accept_encoding_is_invented(stack: Stack) -> None:
+    """The upstream may compress only when the client said it can decode."""
+    response = raw_request(
+        stack.proxy.port if stack.proxy else 0,
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    assert status_of(response) == 200
+    assert stack.foundry.journal[-1].header("accept-encoding") == []
+
+
+def test_response_header_rules(stack: Stack) -> None:
+    """B20: hop-by-hop and cookies dropped; rate-limit and request-id headers kept."""
+    r = httpx2.get(stack.url + "/openai/v1/hop-headers")
+    assert r.status_code == 200
+    for dropped in ("x-secret-hop", "keep-alive", "proxy-authenticate", "set-cookie", "alt-svc"):
+        assert dropped not in r.headers, dropped
+    assert r.headers["retry-after"] == "7"
+    assert r.headers["retry-after-ms"] == "7000"
+    assert r.headers["x-ratelimit-remaining-requests"] == "42"
+    assert r.headers["apim-request-id"] == "apim-hop"
+    assert r.headers["x-request-id"] == "req-hop"
+    assert r.headers["x-ms-region"] == "Sweden Central"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_upstream_errors_pass_through_unchanged(stack: Stack, status: int) -> None:
+    """F58: no retries by the proxy; the SDK sees the status and retry headers."""
+    before = len(stack.foundry.journal)
+    r = httpx2.post(stack.url + f"/v1/status/{status}", json={})
+    assert r.status_code == status
+    assert r.headers["retry-after"] == "3"
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(stack.foundry.journal) == before + 1
+
+
+def test_probes(stack: Stack) -> None:
+    assert httpx2.get(stack.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx2.get(stack.url + "/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert 3000 < ready.json()["token_expires_in"] <= 3600
+    for body in (ready.text, httpx2.get(stack.url + "/healthz").text):
+        assert not stack.leaks(body)

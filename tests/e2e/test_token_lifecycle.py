@@ -1,0 +1,212 @@
+"""The token lifecycle seen from outside: rollover under load, Entra outages, bad secrets, 401s.
+
+Tokens here live seconds, not an hour, so hours of refresh behaviour fit in a test run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2
+import pytest
+
+from tests.e2e.stack import Stack
+from tests.fakes.entra import Step, entra_error
+
+pytestmark = pytest.mark.e2e
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+OUTAGE = Step(503, {"error": "temporarily_unavailable", "error_description": "AADSTS90033: busy"})
+
+
+def _load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:
+    """Send chat requests from ``workers`` threads for ``seconds``; return (ok, failures)."""
+    failures: list[str] = []
+    ok = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker() -> None:
+        nonlocal ok
+        with httpx2.Client(timeout=10) as client:
+            while time.monotonic() < stop:
+                r = client.post(url + "/v1/chat/completions", json=CHAT)
+                with lock:
+                    if r.status_code == 200:
+                        ok += 1
+                    else:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok, failures
+
+
+def test_rollover_under_continuous_load(fresh_stack: Stack) -> None:
+    """E44: 4 s tokens for 12 s of load: no failed request, no expired token upstream."""
+    s = fresh_stack
+    s.entra.expires_in = 4
+    s.start_proxy()
+    started = time.monotonic()
+    ok, failures = _load(s.url, 12)
+    elapsed = time.monotonic() - started
+    assert failures == []
+    assert ok > 50
+    refused = [e.auth for e in s.foundry.journal if e.auth != "ok"]
+    assert refused == [], "the upstream saw an expired or unknown token"
+    serials = {e.token_serial for e in s.foundry.journal}
+    assert len(serials) >= 4, "tokens were not rolled over"
+    # Refresh at half-life (~2 s): about elapsed/2 calls plus the first; never a storm.
+    assert len(s.entra.calls) <= elapsed / 1.6 + 2
+
+
+def test_entra_outage_while_token_valid(fresh_stack: Stack) -> None:
+    """E45: Entra down while the token is valid: 0 failures, ready throughout, bounded calls."""
+    s = fresh_stack
+    s.entra.expires_in = 8
+    s.start_proxy()
+    s.entra.outage = OUTAGE
+    outage_start = time.monotonic()
+    readiness: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            readiness.append(httpx2.get(s.url + "/readyz").status_code)
+            time.sleep(0.1)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    ok, failures = _load(s.url, 5)
+    stop.set()
+    prober.join()
+    assert failures == []
+    assert ok > 20
+    assert set(readiness) == {200}
+    # Refresh attempts start at half-life (4 s in) and back off: a handful, not a hot loop.
+    assert len(s.entra.calls_since(outage_start)) <= 4
+    assert s.proxy is not None
+    assert "temporarily_unavailable" in s.proxy.log
+
+
+def test_outage_past_expiry_then_recovery(fresh_stack: Stack) -> None:
+    """E47: once the token runs out, 503 token_unavailable with Retry-After; then recovery."""
+    s = fresh_stack
+    s.entra.expires_in = 3
+    s.start_proxy()
+    s.entra.outage = OUTAGE
+    deadline = time.monotonic() + 8
+    while httpx2.get(s.url + "/readyz").status_code == 200:
+        assert time.monotonic() < deadline, "readiness never dropped after expiry"
+        time.sleep(0.05)
+    r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT, timeout=20)
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "token_unavailable"
+    assert "temporarily_unavailable" in error["message"]
+    assert 1 <= int(r.headers["retry-after"]) <= 120
+    assert httpx2.get(s.url + "/healthz").status_code == 200
+    s.entra.outage = None
+    assert s.proxy is not None
+    s.proxy.wait_ready(timeout=15)
+    assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_bad_secret_is_reported_without_hot_loop(fresh_stack: Stack) -> None:
+    """E48: a wrong secret: not ready, 503 naming AADSTS7000215, one token call, alive."""
+    s = fresh_stack
+    wrong = "CANARY-SECRET-wrong-" + s.secret[-20:]
+    s.env["AZURE_CLIENT_SECRET"] = wrong
+    proxy = s.start_proxy(ready=False)
+    time.sleep(0.5)
+    ready = httpx2.get(s.url + "/readyz")
+    assert ready.status_code == 503
+    assert "AADSTS7000215" in ready.json()["reason"]
+    assert "Secret ID" in ready.json()["fix"]
+    started = time.monotonic()
+    r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT, timeout=20)
+    assert time.monotonic() - started < 2, "a request waited although retrying cannot help"
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "token_unavailable"
+    assert "AADSTS7000215" in r.json()["error"]["message"]
+    assert r.headers["x-should-retry"] == "false"
+    time.sleep(2.5)
+    assert len(s.entra.calls) == 1, "a configuration error must back off, not hot-loop"
+    assert proxy.proc.poll() is None
+    assert s.foundry.journal == []
+    for text in (ready.text, r.text, proxy.log):
+        assert wrong not in text and s.secret not in text
+
+
+def test_cold_burst_makes_one_token_call(fresh_stack: Stack) -> None:
+    """E43: requests arriving before the first token all wait for the same single call."""
+    s = fresh_stack
+    s.entra.delay = 1.0
+    s.start_proxy(ready=False)
+
+    def one(_: int) -> int:
+        return httpx2.post(s.url + "/v1/chat/completions", json=CHAT, timeout=20).status_code
+
+    with ThreadPoolExecutor(40) as pool:
+        statuses = list(pool.map(one, range(40)))
+    assert statuses == [200] * 40
+    assert len(s.entra.calls) == 1
+
+
+def test_revoked_token_is_refreshed_and_request_replayed(fresh_stack: Stack) -> None:
+    """E52: an upstream 401 of the Entra-token shape: one refresh, one replay, no loop."""
+    s = fresh_stack
+    s.start_proxy()
+    assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+    calls = len(s.entra.calls)
+    s.ledger.revoke_all()
+    r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200
+    assert len(s.entra.calls) == calls + 1
+    last_two = s.foundry.entries("/chat/completions")[-2:]
+    assert [e.auth for e in last_two] == ["revoked", "ok"]
+    assert last_two[0].body_sha256 == last_two[1].body_sha256
+    # Revoked again at once: the forced refresh is rate-limited, so the 401 passes through
+    # after a single upstream attempt instead of looping.
+    s.ledger.revoke_all()
+    before = len(s.foundry.journal)
+    r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT)
+    assert r.status_code == 401
+    assert r.json()["statusCode"] == 401
+    assert len(s.foundry.journal) == before + 1
+
+
+def test_permission_denied_is_passed_through_without_refresh(fresh_stack: Stack) -> None:
+    """E53: a missing role is not a token problem: no refresh, no replay."""
+    s = fresh_stack
+    s.start_proxy()
+    calls = len(s.entra.calls)
+    r = httpx2.post(s.url + "/openai/v1/denied", json=CHAT)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "PermissionDenied"
+    assert len(s.entra.calls) == calls
+    assert len(s.foundry.entries("/denied")) == 1
+
+
+def test_malformed_token_answers_keep_the_old_token(fresh_stack: Stack) -> None:
+    """E49: garbage from Entra counts as a failure; the valid token keeps serving."""
+    s = fresh_stack
+    s.entra.expires_in = 6
+    s.start_proxy()
+    s.entra.script.extend(
+        [
+            Step(200, raw=b"<html>not json</html>"),
+            Step(200, {"token_type": "Bearer", "expires_in": 3600}),
+            Step(200, {"access_token": "x", "expires_in": -5}),
+            entra_error(400, "invalid_request", 90002, "Tenant not found."),
+        ]
+    )
+    ok, failures = _load(s.url, 4, workers=2)
+    assert failures == []
+    assert ok > 10
+    assert httpx2.get(s.url + "/readyz").status_code == 200
