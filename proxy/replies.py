@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 
 from starlette.types import Send
 
-_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error"}
+_TYPES = MappingProxyType(
+    {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error"}
+)
 
 
 def error_body(status: int, code: str, message: str) -> bytes:

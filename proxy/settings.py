@@ -33,7 +33,7 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$"
 )
 # Multi-tenant aliases cannot mint app-only tokens: client credentials need one real tenant.
-_TENANT_ALIASES = {"common", "organizations", "consumers"}
+_TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 
 
 def is_loopback_host(host: str) -> bool:

@@ -10,33 +10,37 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
 
 # AADSTS code -> what to do about it. The same table feeds the 503 bodies and the logs.
-HINTS: Mapping[int, str] = {
-    7000215: "AZURE_CLIENT_SECRET is not a valid secret for this app: use the secret's Value, "
-    "not its Secret ID (Certificates & secrets in the App Registration)",
-    7000222: "the client secret has expired: create a new one in the App Registration and "
-    "update AZURE_CLIENT_SECRET",
-    7000218: "no client secret was sent: set AZURE_CLIENT_SECRET",
-    700016: "the application (AZURE_CLIENT_ID) was not found in tenant AZURE_TENANT_ID: check "
-    "both values, or wait a minute if the App Registration is brand new",
-    7000112: "the application is disabled in this tenant",
-    90002: "tenant AZURE_TENANT_ID was not found: check the tenant ID or domain",
-    90038: "the tenant belongs to another national cloud: set AZURE_AUTHORITY_HOST to that "
-    "cloud's login host",
-    70011: "the scope is invalid: FOUNDRY_PROXY_SCOPE must be one resource followed by /.default",
-    700022: "the scope names more than one resource: use exactly one .../.default",
-    500011: "the resource in FOUNDRY_PROXY_SCOPE does not exist in this tenant or cloud",
-    53003: "Conditional Access blocked the token: ask your Entra admin to exclude this workload "
-    "identity or to allow its location",
-    90055: "Entra is throttling this tenant: the proxy will retry later",
-}
+HINTS: Mapping[int, str] = MappingProxyType(
+    {
+        7000215: "AZURE_CLIENT_SECRET is not a valid secret for this app: use the secret's Value, "
+        "not its Secret ID (Certificates & secrets in the App Registration)",
+        7000222: "the client secret has expired: create a new one in the App Registration and "
+        "update AZURE_CLIENT_SECRET",
+        7000218: "no client secret was sent: set AZURE_CLIENT_SECRET",
+        700016: "the application (AZURE_CLIENT_ID) was not found in tenant AZURE_TENANT_ID: check "
+        "both values, or wait a minute if the App Registration is brand new",
+        7000112: "the application is disabled in this tenant",
+        90002: "tenant AZURE_TENANT_ID was not found: check the tenant ID or domain",
+        90038: "the tenant belongs to another national cloud: set AZURE_AUTHORITY_HOST to that "
+        "cloud's login host",
+        70011: "the scope is invalid: FOUNDRY_PROXY_SCOPE must be one resource followed by "
+        "/.default",
+        700022: "the scope names more than one resource: use exactly one .../.default",
+        500011: "the resource in FOUNDRY_PROXY_SCOPE does not exist in this tenant or cloud",
+        53003: "Conditional Access blocked the token: ask your Entra admin to exclude this "
+        "workload identity or to allow its location",
+        90055: "Entra is throttling this tenant: the proxy will retry later",
+    }
+)
 
 # Errors that a later identical request may well get past.
-_TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
-_TRANSIENT_CODES = {90055}
+_TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+_TRANSIENT_CODES = frozenset({90055})
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

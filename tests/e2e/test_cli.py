@@ -132,6 +132,7 @@ def test_sigterm_lets_an_open_stream_finish(fresh_stack: Stack) -> None:
     t.join(10)
     assert proxy.proc.wait(10) == 0
     body = result["body"]
-    assert isinstance(body, bytes) and body.endswith(b"data: [DONE]\n\n")
+    assert isinstance(body, bytes)
+    assert body.endswith(b"data: [DONE]\n\n")
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(proxy.url + "/healthz")

@@ -60,9 +60,11 @@ def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: St
         if chunk.usage is not None:
             usage = chunk.usage
     entry = stack.foundry.entries("/chat/completions")[-1]
-    assert entry.completed and entry.ended is not None
+    assert entry.completed
+    assert entry.ended is not None
     assert texts == ["tok0 ", "tok1 ", "tok2 ", "tok3 "]
-    assert usage is not None and usage.completion_tokens == 4
+    assert usage is not None
+    assert usage.completion_tokens == 4
     # The first event reached the client while the upstream still had seconds of writing to do,
     # and every event arrived soon after the upstream wrote it (nothing buffered).
     assert arrivals[0] < entry.ended - 3 * delay

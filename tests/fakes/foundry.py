@@ -10,6 +10,7 @@ digest and whether the client stayed to the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -343,10 +344,8 @@ class FakeFoundry:
         try:
             for i, event in enumerate(events):
                 if i and delay:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(disconnected.wait(), delay)
-                    except TimeoutError:
-                        pass
                 if disconnected.is_set():
                     return
                 await send({"type": "http.response.body", "body": event, "more_body": True})

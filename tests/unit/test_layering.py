@@ -1,0 +1,74 @@
+"""The import rules of DESIGN.md, checked from each module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
+
+
+def imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def modules() -> dict[str, set[str]]:
+    return {str(p.relative_to(PACKAGE)): imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_credentials_never_import_the_web_framework() -> None:
+    for name, found in modules().items():
+        if name.startswith("credentials/"):
+            assert not any(
+                m.startswith(("starlette", "uvicorn", "aiohttp", "proxy.forwarding", "proxy.app"))
+                for m in found
+            ), name
+
+
+def test_rewrite_uses_only_the_standard_library() -> None:
+    found = modules()["rewrite.py"]
+    assert all(m in {"__future__", "collections.abc", "dataclasses"} for m in found), found
+
+
+def test_only_cli_imports_uvicorn() -> None:
+    for name, found in modules().items():
+        if name != "cli.py":
+            assert "uvicorn" not in found, name
+
+
+def test_only_settings_reads_the_environment() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "settings.py":
+            text = path.read_text()
+            assert "os.environ" not in text, path
+            assert "getenv" not in text, path
+
+
+def test_no_module_level_mutable_state() -> None:
+    """Module-level names are constants, functions, classes or loggers: no runtime state."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if all(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                    continue
+                value = node.value
+                assert not isinstance(value, ast.List | ast.Dict | ast.Set), (
+                    f"{path.name}:{node.lineno}"
+                )
+                if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+                    assert value.func.id not in {"list", "dict", "set"}, (
+                        f"{path.name}:{node.lineno}"
+                    )
+
+
+def test_no_utils_module() -> None:
+    assert not [
+        p for p in PACKAGE.rglob("*.py") if p.stem in {"utils", "helpers", "misc", "common"}
+    ]

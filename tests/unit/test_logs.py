@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import logging
+
+from proxy.logs import REDACTED, RedactingFormatter
+
+SECRET = "CANARY-SECRET-logs-0123456789"
+
+
+def fmt(message: str, *args: object, exc: BaseException | None = None) -> str:
+    formatter = RedactingFormatter("%(message)s", [SECRET])
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, message, args, None)
+    if exc is not None:
+        record.exc_info = (type(exc), exc, exc.__traceback__)
+    return formatter.format(record)
+
+
+def test_configured_secret_is_redacted_everywhere() -> None:
+    assert SECRET not in fmt("value %s", SECRET)
+    exc = ValueError(f"boom {SECRET}")
+    assert SECRET not in fmt("failed", exc=exc)
+
+
+def test_token_shapes_are_redacted() -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+    text = fmt(
+        "headers %s",
+        {"authorization": "Bearer abc.def-123", "api-key": "k123456", "x": jwt},
+    )
+    assert "abc.def-123" not in text
+    assert "k123456" not in text
+    assert jwt not in text
+    assert REDACTED in text
+    assert "client_secret=[redacted]" in fmt("form client_secret=s3cr3t&scope=x")

@@ -1,0 +1,255 @@
+"""TokenProvider against a scripted in-memory credential (pure asyncio, no sockets).
+
+Timings are real but short (tenths of seconds) with generous margins: the machines are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from proxy.credentials.base import AccessToken
+from proxy.credentials.provider import RetryPolicy, SystemClock, TokenProvider
+from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
+
+SCOPE = "https://cognitiveservices.azure.com/.default"
+FAST = RetryPolicy(
+    transient_first=0.1,
+    transient_max=0.4,
+    transient_max_without_token=0.4,
+    config_first=5.0,
+    config_max=5.0,
+    forced_refresh_interval=1.0,
+    min_delay=0.05,
+)
+T = TypeVar("T")
+
+Answer = AccessToken | Exception
+
+
+class ScriptedCredential:
+    kind = "scripted"
+
+    def __init__(self, *answers: Answer, lifetime: float = 100.0, delay: float = 0.0) -> None:
+        self.answers = list(answers)
+        self.lifetime = lifetime
+        self.delay = delay
+        self.calls: list[float] = []
+        self.closed = False
+
+    async def get_token(self, scope: str) -> AccessToken:
+        self.calls.append(time.monotonic())
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.answers:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return AccessToken(f"token-{len(self.calls)}", self.lifetime)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class SkewedClock(SystemClock):
+    """The real clocks, with a wall-clock jump on demand (a laptop waking from sleep)."""
+
+    def __init__(self) -> None:
+        self.jump = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.jump
+
+
+def run(
+    credential: ScriptedCredential, test: Callable[[TokenProvider], Awaitable[T]], **kwargs: object
+) -> T:
+    async def main() -> T:
+        provider = TokenProvider(credential, primary_scope=SCOPE, policy=FAST, **kwargs)  # type: ignore[arg-type]
+        provider.start()
+        try:
+            return await test(provider)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(main())
+
+
+def test_cold_burst_is_single_flight() -> None:
+    credential = ScriptedCredential(delay=0.2)
+
+    async def test(p: TokenProvider) -> list[str]:
+        return await asyncio.gather(*(p.token(SCOPE) for _ in range(200)))
+
+    tokens = run(credential, test)
+    assert set(tokens) == {"token-1"}
+    assert len(credential.calls) == 1
+
+
+def test_refresh_in_is_honoured() -> None:
+    credential = ScriptedCredential(AccessToken("first", 100.0, refresh_in=0.3))
+
+    async def test(p: TokenProvider) -> str | None:
+        await asyncio.sleep(0.6)
+        return p.token_now(SCOPE)
+
+    assert run(credential, test) == "token-2"
+    assert len(credential.calls) == 2
+    assert 0.2 <= credential.calls[1] - credential.calls[0] <= 0.5
+
+
+def test_refresh_at_half_life() -> None:
+    credential = ScriptedCredential(lifetime=1.0)
+
+    async def test(p: TokenProvider) -> None:
+        await asyncio.sleep(1.2)
+
+    run(credential, test)
+    gaps = [b - a for a, b in zip(credential.calls, credential.calls[1:], strict=False)]
+    assert len(gaps) >= 2
+    assert all(0.35 <= g <= 0.7 for g in gaps), gaps
+
+
+def test_failed_refresh_keeps_the_valid_token() -> None:
+    outage = [CredentialUnavailable("down", code="token_unreachable") for _ in range(50)]
+    credential = ScriptedCredential(AccessToken("kept", 1.5), *outage)
+
+    async def test(p: TokenProvider) -> list[str | None]:
+        seen = []
+        for _ in range(12):
+            await asyncio.sleep(0.1)
+            seen.append(p.token_now(SCOPE))
+        return seen
+
+    seen = run(credential, test)
+    assert seen == ["kept"] * 12
+    # Backoff between the refresh at 0.75 s and now: several tries, never a hot loop.
+    assert 2 <= len(credential.calls) <= 8
+
+
+def test_permanent_error_fails_requests_at_once_and_backs_off() -> None:
+    bad = AuthenticationFailed("Invalid client secret", code="AADSTS7000215", hint="use the Value")
+    credential = ScriptedCredential(bad)
+
+    async def test(p: TokenProvider) -> tuple[CredentialError, float]:
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(CredentialError) as info:
+            await p.token(SCOPE)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.5)
+        return info.value, elapsed
+
+    error, elapsed = run(credential, test)
+    assert error.code == "AADSTS7000215"
+    assert elapsed < 0.1
+    assert len(credential.calls) == 1
+
+
+def test_transient_error_then_success_serves_waiting_requests() -> None:
+    credential = ScriptedCredential(CredentialUnavailable("blip"), AccessToken("late", 100.0))
+
+    async def test(p: TokenProvider) -> str:
+        return await p.token(SCOPE)
+
+    assert run(credential, test) == "late"
+    assert len(credential.calls) == 2
+
+
+def test_retry_after_is_honoured() -> None:
+    credential = ScriptedCredential(CredentialUnavailable("throttled", retry_after=0.8))
+
+    async def test(p: TokenProvider) -> str:
+        return await p.token(SCOPE)
+
+    assert run(credential, test) == "token-2"
+    assert credential.calls[1] - credential.calls[0] >= 0.75
+
+
+def test_loop_survives_a_bug_in_a_credential() -> None:
+    credential = ScriptedCredential(RuntimeError("bug"))
+
+    async def test(p: TokenProvider) -> str:
+        return await p.token(SCOPE)
+
+    assert run(credential, test, wait_timeout=5.0) == "token-2"
+
+
+def test_waiting_is_bounded() -> None:
+    credential = ScriptedCredential(delay=3.0)
+
+    async def test(p: TokenProvider) -> tuple[CredentialError, float]:
+        started = time.monotonic()
+        with pytest.raises(CredentialError) as info:
+            await p.token(SCOPE)
+        return info.value, time.monotonic() - started
+
+    error, elapsed = run(credential, test, wait_timeout=0.3)
+    assert error.code == "token_pending"
+    assert 0.25 <= elapsed < 1.0
+
+
+def test_wall_clock_jump_forces_a_refresh() -> None:
+    """E51: asleep for 3 h: the monotonic clock stood still, the token did not."""
+    clock = SkewedClock()
+    credential = ScriptedCredential(lifetime=3600.0)
+
+    async def test(p: TokenProvider) -> tuple[str | None, str]:
+        first = await p.token(SCOPE)
+        clock.jump = 3 * 3600
+        stale = p.token_now(SCOPE)
+        fresh = await p.token(SCOPE)
+        assert first == "token-1"
+        return stale, fresh
+
+    stale, fresh = run(credential, test, clock=clock)
+    assert stale is None
+    assert fresh == "token-2"
+
+
+def test_forced_refresh_is_rate_limited() -> None:
+    credential = ScriptedCredential()
+
+    async def test(p: TokenProvider) -> tuple[str | None, str | None]:
+        first = await p.token(SCOPE)
+        second = await p.refreshed(SCOPE, first)
+        third = await p.refreshed(SCOPE, second or "")
+        return second, third
+
+    second, third = run(credential, test)
+    assert second == "token-2"
+    assert third is None
+    assert len(credential.calls) == 2
+
+
+def test_scopes_are_cached_separately() -> None:
+    credential = ScriptedCredential()
+
+    async def test(p: TokenProvider) -> tuple[str, str, str]:
+        a = await p.token(SCOPE)
+        b = await p.token("https://ai.azure.com/.default")
+        return a, b, await p.token(SCOPE)
+
+    a, b, again = run(credential, test)
+    assert a != b
+    assert again == a
+
+
+def test_aclose_stops_every_task() -> None:
+    credential = ScriptedCredential()
+
+    async def main() -> list[asyncio.Task[object]]:
+        p = TokenProvider(credential, primary_scope=SCOPE, policy=FAST)
+        p.start()
+        await p.token(SCOPE)
+        await p.token("https://ai.azure.com/.default")
+        await p.aclose()
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(main()) == []
+    assert credential.closed
