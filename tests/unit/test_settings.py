@@ -131,3 +131,10 @@ def test_settings_are_frozen() -> None:
     s = Settings(**GOOD)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="frozen"):
         s.port = 1  # type: ignore[misc]
+
+
+def test_every_setting_is_documented_in_the_example_file() -> None:
+    from proxy.settings import env_names
+
+    example = (Path(__file__).resolve().parents[2] / "config.example.env").read_text()
+    assert [n for n in env_names().values() if n not in example] == []
