@@ -30,6 +30,7 @@ def _upstream_config(settings: Settings) -> UpstreamConfig:
         read_timeout=settings.read_timeout,
         pool_size=settings.pool_size,
         replay_body_limit=settings.replay_body_limit,
+        max_body_bytes=settings.max_body_bytes,
         trust_env=settings.trust_env,
     )
 

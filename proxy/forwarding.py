@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from proxy.credentials.provider import TokenProvider
@@ -40,11 +40,16 @@ class UpstreamConfig:
     read_timeout: float
     pool_size: int
     replay_body_limit: int
+    max_body_bytes: int
     trust_env: bool
 
 
 class _ClientGone(Exception):
     """The client disconnected before its request body was complete."""
+
+
+class _TooLarge(Exception):
+    """The request body is larger than max_body_bytes."""
 
 
 class _Watch:
@@ -82,50 +87,56 @@ class _Watch:
 class _Body:
     """The request body: buffered when small (then it can be replayed), else streamed."""
 
-    __slots__ = ("data", "gone", "length", "prefix")
+    __slots__ = ("data", "gone", "length", "max_size", "prefix", "size", "too_large")
 
-    def __init__(self, length: int | None) -> None:
+    def __init__(self, length: int | None, max_size: int) -> None:
         self.data: bytes | None = None
         self.prefix: list[bytes] = []
         self.length = length
+        self.max_size = max_size
+        self.size = 0
         self.gone = False
+        self.too_large = False
+
+    def _take(self, message: Message) -> bytes:
+        if message["type"] == "http.disconnect":
+            self.gone = True
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > self.max_size:
+            self.too_large = True
+            raise _TooLarge
+        return chunk
+
+    async def read_start(self, receive: Receive, replay_limit: int) -> None:
+        """Read up to ``replay_limit`` bytes; a body that ends by then is kept whole."""
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunk = self._take(message)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return
+            if self.size > replay_limit:
+                self.prefix = chunks
+                return
 
     async def stream(self, receive: Receive, watch: _Watch) -> AsyncIterator[bytes]:
+        """The rest of a body too large to keep, as the client sends it."""
         for chunk in self.prefix:
             yield chunk
         self.prefix = []
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise _ClientGone
-            chunk = message.get("body", b"")
+            chunk = self._take(message)
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
                 watch.start()
                 return
-
-
-async def _read_body(receive: Receive, length: int | None, limit: int) -> _Body:
-    """Read up to ``limit`` bytes; a body that ends by then is kept whole (and replayable)."""
-    body = _Body(length)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            chunks.append(chunk)
-            size += len(chunk)
-        if not message.get("more_body", False):
-            body.data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            return body
-        if size > limit:
-            body.prefix = chunks
-            return body
 
 
 @dataclass(slots=True)
@@ -181,11 +192,15 @@ class Forwarder:
             await send_error(send, exc.status, code, exc.message)
             return
         token_scope = self._config.projects_scope if target.projects else self._config.scope
+        if length is not None and length > self._config.max_body_bytes:
+            await _too_large(send, self._config.max_body_bytes)
+            return
         owner = asyncio.current_task()
         assert owner is not None
         watch = _Watch(receive, owner)
+        body = _Body(length, self._config.max_body_bytes)
         try:
-            body = await _read_body(receive, length, self._config.replay_body_limit)
+            await body.read_start(receive, self._config.replay_body_limit)
             if body.data is not None:
                 watch.start()
             token = self._tokens.token_now(token_scope)
@@ -200,6 +215,8 @@ class Forwarder:
             await self._exchange(request, receive, send, watch)
         except _ClientGone:
             log.debug("client disconnected during the request body")
+        except _TooLarge:
+            await _too_large(send, self._config.max_body_bytes)
         except asyncio.CancelledError:
             if watch.gone and owner.uncancel() == 0:
                 log.debug("client disconnected; upstream request closed")
@@ -233,6 +250,8 @@ class Forwarder:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if body.gone:
                     raise _ClientGone from None
+                if body.too_large:
+                    raise _TooLarge from None
                 await _upstream_failed(send, exc, self._origin)
                 return
             complete = False
@@ -346,6 +365,17 @@ async def _upstream_failed(
         await send_error(
             send, 502, "upstream_error", f"the connection to {origin} failed ({type(exc).__name__})"
         )
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    await send_error(
+        send,
+        413,
+        "request_too_large",
+        f"the request body is larger than {limit} bytes (FOUNDRY_PROXY_MAX_BODY_BYTES)",
+        # The unread rest of the body makes the connection unusable for another request.
+        [(b"connection", b"close")],
+    )
 
 
 async def _token_unavailable(send: Send, err: CredentialError) -> None:

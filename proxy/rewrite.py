@@ -50,9 +50,8 @@ class Target:
 def _check_path(raw: bytes) -> None:
     if not raw.startswith(b"/") or not _PATH_BYTES.issuperset(raw):
         raise BadTarget(400, "the request path contains characters that are not allowed")
-    for segment in raw.split(b"/")[1:]:
-        if segment in (b"", b".", b".."):
-            raise BadTarget(400, "the request path has empty or dot segments")
+    if b"//" in raw or b"/./" in raw or b"/../" in raw or raw.endswith((b"/", b"/.", b"/..")):
+        raise BadTarget(400, "the request path has empty or dot segments")
     index = raw.find(b"%")
     while index != -1:
         pair = raw[index + 1 : index + 3]
@@ -69,12 +68,13 @@ def map_target(raw_path: bytes, query: bytes) -> Target:
     The path is validated as it arrived (never decoded, never normalised) and forwarded as the
     same bytes, so the string that is checked is the string that is sent.
     """
-    route = next((r for r in _ROUTES if raw_path.startswith(r[0])), None)
-    if route is None:
+    for local, upstream, projects in _ROUTES:  # noqa: B007 - the match is used below
+        if raw_path.startswith(local):
+            break
+    else:
         raise BadTarget(
             404, "no such route: foundry-proxy serves /v1/, /openai/, /models/ and /api/projects/"
         )
-    local, upstream, projects = route
     _check_path(raw_path)
     if query and not _QUERY_BYTES.issuperset(query):
         raise BadTarget(400, "the query string contains characters that are not allowed")

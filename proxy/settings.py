@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     replay_body_limit: Annotated[int, _env("FOUNDRY_PROXY_REPLAY_BODY_LIMIT"), Field(ge=0)] = (
         256 * 1024
     )
+    # Azure's largest uploads (files for batches and fine-tuning) are up to 512 MB.
+    max_body_bytes: Annotated[int, _env("FOUNDRY_PROXY_MAX_BODY_BYTES"), Field(ge=1)] = 512 * 2**20
     shutdown_grace: Annotated[float, _env("FOUNDRY_PROXY_SHUTDOWN_GRACE"), Field(ge=0)] = 30.0
     trust_env: Annotated[bool, _env("FOUNDRY_PROXY_TRUST_ENV")] = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -133,3 +134,25 @@ def test_slow_upstream_past_read_timeout_is_504(fresh_stack: Stack) -> None:
         s.url + "/v1/chat/completions", json={"model": "m"}, headers={"x-fake-first-delay": "0.2"}
     )
     assert r.status_code == 200
+
+
+def test_oversized_bodies_get_413(fresh_stack: Stack) -> None:
+    """B10: over the limit by Content-Length (refused before reading) or while streaming."""
+    s = fresh_stack
+    s.env["FOUNDRY_PROXY_MAX_BODY_BYTES"] = "1000000"
+    s.start_proxy()
+    r = httpx2.post(s.url + "/v1/files", content=b"x" * 1_000_001)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"y" * 50_000
+
+    r = httpx2.post(s.url + "/v1/files", content=chunks())
+    assert r.status_code == 413
+    assert [e for e in s.foundry.journal if e.raw_path == "/openai/v1/files"] == []
+    # Under the limit, a chunked upload larger than the replay buffer streams through.
+    r = httpx2.post(s.url + "/v1/files", content=iter([b"z" * 300_000, b"z" * 300_000]))
+    assert r.status_code == 200
+    assert s.foundry.journal[-1].body_len == 600_000
