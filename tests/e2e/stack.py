@@ -21,7 +21,7 @@ import httpx2
 from tests.fakes.entra import FakeEntra
 from tests.fakes.foundry import FakeFoundry
 from tests.fakes.serve import ServerThread
-from tests.fakes.tokens import TokenLedger
+from tests.fakes.tokens import RecordingIssuer
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -113,9 +113,9 @@ class Stack:
 
     def __init__(self, **env: str) -> None:
         self.secret = f"CANARY-SECRET-{uuid.uuid4().hex}"
-        self.ledger = TokenLedger()
-        self.entra = FakeEntra(self.ledger, tenant=TENANT, client_id=CLIENT_ID, secret=self.secret)
-        self.foundry = FakeFoundry(self.ledger)
+        self.issuer = RecordingIssuer()
+        self.entra = FakeEntra(self.issuer, tenant=TENANT, client_id=CLIENT_ID, secret=self.secret)
+        self.foundry = FakeFoundry(self.issuer)
         self.entra_server = ServerThread(self.entra.app).start()
         self.foundry_server = ServerThread(self.foundry).start()
         self.env = (
@@ -145,7 +145,7 @@ class Stack:
 
     def canaries(self) -> list[str]:
         """Strings that must never appear in a log or a response."""
-        return [self.secret, self.secret[-12:], self.ledger.prefix, self.ledger.prefix[-12:]]
+        return [self.secret, self.secret[-12:], *self.issuer.canaries()]
 
     def leaks(self, text: str) -> list[str]:
         return [c for c in self.canaries() if c in text]

@@ -9,6 +9,7 @@ import time
 import pytest
 from openai import AzureOpenAI
 
+from proxy.emulator.foundry import DEPLOYMENTS
 from tests.e2e.stack import Stack, openai_client
 
 pytestmark = pytest.mark.e2e
@@ -19,12 +20,16 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 def test_chat_completion_via_v1_base_url(stack: Stack) -> None:
     client = openai_client(stack.url)
     reply = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-    assert reply.choices[0].message.content == "Hello from the fake Foundry."
+    assert reply.choices[0].message.content == (
+        "Hello from the foundry-proxy emulator (emulated-gpt-test). You said: Say hello"
+    )
     entry = stack.foundry.entries("/chat/completions")[-1]
     assert entry.raw_path == "/openai/v1/chat/completions"
     assert entry.auth == "ok"
     # The SDK's dummy key never reaches the upstream; the proxy's token does, once.
-    assert entry.header("authorization") == [f"Bearer {stack.ledger.prefix}-{entry.token_serial}"]
+    assert entry.header("authorization") == [
+        "Bearer " + stack.issuer.token(entry.token_serial or 0)
+    ]
 
 
 def test_chat_completion_via_azure_openai_client(stack: Stack) -> None:
@@ -32,7 +37,8 @@ def test_chat_completion_via_azure_openai_client(stack: Stack) -> None:
         azure_endpoint=stack.url, api_version="2024-10-21", api_key="no-secret-here", max_retries=0
     )
     reply = client.chat.completions.create(model="my-deployment", messages=MESSAGES)
-    assert reply.choices[0].message.content == "Hello from the fake Foundry."
+    assert reply.model == "emulated-my-deployment"
+    assert reply.choices[0].message.content.endswith("You said: Say hello")
     entry = stack.foundry.entries("/deployments/")[-1]
     assert entry.raw_path == "/openai/deployments/my-deployment/chat/completions"
     assert entry.query == "api-version=2024-10-21"
@@ -62,7 +68,7 @@ def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: St
     entry = stack.foundry.entries("/chat/completions")[-1]
     assert entry.completed
     assert entry.ended is not None
-    assert texts == ["tok0 ", "tok1 ", "tok2 ", "tok3 "]
+    assert texts == ["tok0 ", "tok1 ", "tok2 ", "tok3"]
     assert usage is not None
     assert usage.completion_tokens == 4
     # The first event reached the client while the upstream still had seconds of writing to do,
@@ -83,20 +89,24 @@ def test_azure_client_streams_too(stack: Stack) -> None:
         extra_headers={"x-fake-chunks": "3", "x-fake-delay": "0"},
     )
     texts = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
-    assert texts == ["tok0 ", "tok1 ", "tok2 "]
+    assert texts == ["tok0 ", "tok1 ", "tok2"]
 
 
 def test_embeddings(stack: Stack) -> None:
     client = openai_client(stack.url)
     result = client.embeddings.create(model="embed-test", input=["one", "two"])
+    again = client.embeddings.create(model="embed-test", input="two")
     assert [d.index for d in result.data] == [0, 1]
-    assert result.data[1].embedding == pytest.approx([0.2, 0.2, 0.3])
+    # Deterministic vectors, carried base64-encoded (the SDK asks for that) through the proxy.
+    assert result.data[1].embedding == pytest.approx(again.data[0].embedding, abs=1e-6)
+    assert result.data[0].embedding != result.data[1].embedding
+    assert sum(v * v for v in result.data[0].embedding) == pytest.approx(1.0, abs=1e-3)
     assert stack.foundry.entries("/embeddings")[-1].raw_path == "/openai/v1/embeddings"
 
 
 def test_models_list(stack: Stack) -> None:
     client = openai_client(stack.url)
-    assert [m.id for m in client.models.list()] == ["gpt-test"]
+    assert [m.id for m in client.models.list()] == list(DEPLOYMENTS)
     assert stack.foundry.entries("/models")[-1].method == "GET"
 
 
@@ -105,7 +115,8 @@ def test_multipart_audio_upload_is_byte_exact(stack: Stack, size: int) -> None:
     audio = os.urandom(size)
     client = openai_client(stack.url)
     result = client.audio.transcriptions.create(model="whisper", file=("speech.wav", audio))
-    assert result.text == f"sha256={hashlib.sha256(audio).hexdigest()} bytes={size}"
+    digest = hashlib.sha256(audio).hexdigest()
+    assert result.text == f"Emulated transcription of speech.wav: {size} bytes, sha256 {digest}."
     entry = stack.foundry.entries("/audio/transcriptions")[-1]
     assert entry.raw_path == "/openai/v1/audio/transcriptions"
     assert entry.body_len > size
@@ -117,6 +128,7 @@ def test_azure_audio_upload_to_deployment_route(stack: Stack) -> None:
         azure_endpoint=stack.url, api_version="2024-10-21", api_key="x", max_retries=0
     )
     result = client.audio.transcriptions.create(model="whisper-dep", file=("a.wav", audio))
-    assert result.text == f"sha256={hashlib.sha256(audio).hexdigest()} bytes={len(audio)}"
+    digest = hashlib.sha256(audio).hexdigest()
+    assert result.text == f"Emulated transcription of a.wav: {len(audio)} bytes, sha256 {digest}."
     entry = stack.foundry.entries("/audio/transcriptions")[-1]
     assert entry.raw_path == "/openai/deployments/whisper-dep/audio/transcriptions"

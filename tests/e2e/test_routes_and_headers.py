@@ -105,7 +105,7 @@ def test_request_targets_never_leave_the_configured_origin(
     else:
         assert new == [], f"{target} was forwarded as {[e.raw_path for e in new]}"
         assert status_of(response) in (400, 404)
-    assert stack.ledger.prefix.encode() not in response
+    assert not stack.leaks(response.decode("latin-1"))
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_query_string_is_forwarded_verbatim(stack: Stack) -> None:
     [
         ("/v1/files/file-abc", "/openai/v1/files/file-abc"),
         ("/openai/v1/responses", "/openai/v1/responses"),
-        ("/openai/responses", "/openai/responses"),
+        ("/openai/responses?api-version=2025-04-01-preview", "/openai/responses"),
         ("/models/chat/completions", "/models/chat/completions"),
         ("/api/projects/proj1/openai/v1/responses", "/api/projects/proj1/openai/v1/responses"),
     ],
@@ -196,7 +196,9 @@ def test_request_header_rules(stack: Stack) -> None:
         "x-http-method-override",
     ):
         assert dropped not in names, dropped
-    assert entry.header("authorization") == [f"Bearer {stack.ledger.prefix}-{entry.token_serial}"]
+    assert entry.header("authorization") == [
+        "Bearer " + stack.issuer.token(entry.token_serial or 0)
+    ]
     assert entry.header("host") == [stack.foundry_server.url.removeprefix("http://")]
     assert entry.header("x-ms-client-request-id") == ["cid-123"]
     assert entry.header("extra-parameters") == ["pass-through"]

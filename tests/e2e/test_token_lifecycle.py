@@ -13,12 +13,12 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.fakes.entra import Step, entra_error
+from tests.fakes.entra import Answer, entra_error
 
 pytestmark = pytest.mark.e2e
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
-OUTAGE = Step(503, {"error": "temporarily_unavailable", "error_description": "AADSTS90033: busy"})
+OUTAGE = Answer(503, {"error": "temporarily_unavailable", "error_description": "AADSTS90033: busy"})
 
 
 def _load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:
@@ -50,7 +50,7 @@ def _load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:
 def test_rollover_under_continuous_load(fresh_stack: Stack) -> None:
     """E44: 4 s tokens for 12 s of load: no failed request, no expired token upstream."""
     s = fresh_stack
-    s.entra.expires_in = 4
+    s.entra.token_lifetime = 4
     s.start_proxy()
     started = time.monotonic()
     ok, failures = _load(s.url, 12)
@@ -68,7 +68,7 @@ def test_rollover_under_continuous_load(fresh_stack: Stack) -> None:
 def test_entra_outage_while_token_valid(fresh_stack: Stack) -> None:
     """E45: Entra down while the token is valid: 0 failures, ready throughout, bounded calls."""
     s = fresh_stack
-    s.entra.expires_in = 8
+    s.entra.token_lifetime = 8
     s.start_proxy()
     s.entra.outage = OUTAGE
     outage_start = time.monotonic()
@@ -97,7 +97,7 @@ def test_entra_outage_while_token_valid(fresh_stack: Stack) -> None:
 def test_outage_past_expiry_then_recovery(fresh_stack: Stack) -> None:
     """E47: once the token runs out, 503 token_unavailable with Retry-After; then recovery."""
     s = fresh_stack
-    s.entra.expires_in = 3
+    s.entra.token_lifetime = 3
     s.start_proxy()
     s.entra.outage = OUTAGE
     deadline = time.monotonic() + 8
@@ -165,7 +165,7 @@ def test_revoked_token_is_refreshed_and_request_replayed(fresh_stack: Stack) -> 
     s.start_proxy()
     assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
     calls = len(s.entra.calls)
-    s.ledger.revoke_all()
+    s.issuer.revoke_all()
     r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT)
     assert r.status_code == 200
     assert len(s.entra.calls) == calls + 1
@@ -174,7 +174,7 @@ def test_revoked_token_is_refreshed_and_request_replayed(fresh_stack: Stack) -> 
     assert last_two[0].body_sha256 == last_two[1].body_sha256
     # Revoked again at once: the forced refresh is rate-limited, so the 401 passes through
     # after a single upstream attempt instead of looping.
-    s.ledger.revoke_all()
+    s.issuer.revoke_all()
     before = len(s.foundry.journal)
     r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT)
     assert r.status_code == 401
@@ -197,13 +197,13 @@ def test_permission_denied_is_passed_through_without_refresh(fresh_stack: Stack)
 def test_malformed_token_answers_keep_the_old_token(fresh_stack: Stack) -> None:
     """E49: garbage from Entra counts as a failure; the valid token keeps serving."""
     s = fresh_stack
-    s.entra.expires_in = 6
+    s.entra.token_lifetime = 6
     s.start_proxy()
     s.entra.script.extend(
         [
-            Step(200, raw=b"<html>not json</html>"),
-            Step(200, {"token_type": "Bearer", "expires_in": 3600}),
-            Step(200, {"access_token": "x", "expires_in": -5}),
+            Answer(200, raw=b"<html>not json</html>"),
+            Answer(200, {"token_type": "Bearer", "expires_in": 3600}),
+            Answer(200, {"access_token": "x", "expires_in": -5}),
             entra_error(400, "invalid_request", 90002, "Tenant not found."),
         ]
     )

@@ -75,24 +75,13 @@ def test_client_disconnect_while_waiting_for_headers(stack: Stack) -> None:
 def test_stream_bytes_are_unchanged(stack: Stack) -> None:
     """The SSE body through the proxy is byte-identical to what the upstream wrote."""
     headers = {"x-fake-chunks": "20", "x-fake-delay": "0"}
-    direct = httpx2.post(
-        stack.foundry_server.url + "/openai/v1/chat/completions",
-        json=STREAM,
-        headers=headers | {"authorization": "Bearer " + _valid_token(stack)},
-    )
     proxied = httpx2.post(stack.url + "/v1/chat/completions", json=STREAM, headers=headers)
-    assert proxied.status_code == direct.status_code == 200
-    assert proxied.headers["content-type"] == "text/event-stream"
-    assert proxied.content == direct.content
+    assert proxied.status_code == 200
+    assert proxied.headers["content-type"].startswith("text/event-stream")
+    entry = stack.foundry.entries("/chat/completions")[-1]
+    assert len(entry.written) == 20 + 4
+    assert proxied.content == b"".join(entry.written)
     assert proxied.content.endswith(b"data: [DONE]\n\n")
-
-
-def _valid_token(stack: Stack) -> str:
-    serial = stack.foundry.journal[-1].token_serial if stack.foundry.journal else None
-    if serial is None:
-        httpx2.get(stack.url + "/v1/models")
-        serial = stack.foundry.journal[-1].token_serial
-    return f"{stack.ledger.prefix}-{serial}"
 
 
 def test_truncated_upstream_body_is_not_a_clean_response(stack: Stack) -> None:

@@ -1,62 +1,47 @@
-"""The ledger shared by the fake Entra (which issues tokens) and fake Foundry (which checks them).
-
-Tokens look like ``CANARY-TOKEN-<uuid>-<serial>`` so a scan of logs and responses can find any
-leak of one; the ledger knows each token's scope, expiry and whether it was revoked.
-"""
+"""The emulator's token issuer, plus what tests need: a record of every token, and revocation."""
 
 from __future__ import annotations
 
-import itertools
 import threading
-import time
-import uuid
-from dataclasses import dataclass
+
+from proxy.emulator.tokens import TokenIssuer
 
 
-@dataclass
-class Issued:
-    serial: int
-    scope: str
-    expires_at: float  # time.monotonic()
-    revoked: bool = False
-
-
-class TokenLedger:
+class RecordingIssuer(TokenIssuer):
     def __init__(self) -> None:
-        self._serials = itertools.count(1)
+        super().__init__()
         self._lock = threading.Lock()
-        self.issued: dict[str, Issued] = {}
-        self.prefix = f"CANARY-TOKEN-{uuid.uuid4().hex}"
+        self.issued: list[str] = []
+        self.revoked: set[str] = set()
 
-    def issue(self, scope: str, lifetime: float) -> str:
+    def issue(self, *, tenant: str, client_id: str, audience: str, lifetime: float) -> str:
+        token = super().issue(
+            tenant=tenant, client_id=client_id, audience=audience, lifetime=lifetime
+        )
         with self._lock:
-            serial = next(self._serials)
-            token = f"{self.prefix}-{serial}"
-            self.issued[token] = Issued(serial, scope, time.monotonic() + lifetime)
-            return token
+            self.issued.append(token)
+        return token
 
-    def check(self, token: str, scope: str) -> str | None:
-        """None when the token is good for ``scope``; else why not."""
-        issued = self.issued.get(token)
-        if issued is None:
-            return "unknown"
-        if issued.revoked:
+    def verify(self, token: str, audiences: tuple[str, ...]) -> str | None:
+        if token in self.revoked:
             return "revoked"
-        if time.monotonic() >= issued.expires_at:
-            return "expired"
-        if issued.scope != scope:
-            return "audience"
-        return None
+        return super().verify(token, audiences)
 
     def serial(self, token: str) -> int | None:
-        issued = self.issued.get(token)
-        return issued.serial if issued else None
+        """1 for the first token issued, 2 for the next, ..."""
+        try:
+            return self.issued.index(token) + 1
+        except ValueError:
+            return None
+
+    def token(self, serial: int) -> str:
+        return self.issued[serial - 1]
 
     def revoke_all(self) -> None:
         with self._lock:
-            for issued in self.issued.values():
-                issued.revoked = True
+            self.revoked.update(self.issued)
 
-    @property
-    def count(self) -> int:
-        return len(self.issued)
+    def canaries(self) -> list[str]:
+        """Each token whole and its signature alone: neither may appear in a log."""
+        with self._lock:
+            return [*self.issued, *(t.rsplit(".", 1)[1] for t in self.issued)]
