@@ -1,4 +1,4 @@
-"""Command line: argv -> Settings -> logging -> uvicorn. The only module that imports uvicorn."""
+"""Command line: argv -> Settings -> logging -> uvicorn; dispatches `demo` and `check`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foundry-proxy",
         description="Local authenticating reverse proxy for Azure AI Foundry / Azure OpenAI. "
-        "Apps call http://127.0.0.1:PORT/v1 with no secret; the proxy adds an Entra ID token.",
+        "Apps call http://127.0.0.1:PORT/v1 with no secret; the proxy adds an Entra ID token. "
+        "Other commands: 'foundry-proxy demo' (try it with an emulator, no Azure account) and "
+        "'foundry-proxy check' (diagnose a configuration).",
         epilog="Every option can also be set in the environment or the env file "
         "(see config.example.env); options given here win.",
     )
@@ -132,17 +134,58 @@ def serve(settings: Settings) -> int:
         backlog=2048,
     )
     server = uvicorn.Server(config)
+    _install_drain_handlers()
+    server.run(sockets=[sock])
+    return 0 if server.started else EXIT_STARTUP
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    from proxy.demo import add_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="foundry-proxy demo",
+        description="Run the proxy in front of an emulated Entra ID and Foundry: no Azure "
+        "account needed, nothing leaves this machine.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="foundry-proxy check",
+        description="Check a configuration step by step: settings, Entra token, token contents, "
+        "one call to the upstream. Exits 0 only when that call works.",
+    )
+    parser.add_argument("--env-file", type=Path, help="read settings from this file")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def _install_drain_handlers() -> None:
     # uvicorn handles SIGINT/SIGTERM itself (graceful drain; a second signal forces exit) and
     # then re-raises the signal to the handler that was installed before it. With the default
     # handler that kills the process with the signal; a completed drain should exit 0 instead.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _drained)
-    server.run(sockets=[sock])
-    return 0 if server.started else EXIT_STARTUP
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["demo"]:
+        demo_args = _demo_parser().parse_args(args_list[1:])
+        configure_logging("info")
+        _install_drain_handlers()
+        from proxy.demo import run as run_demo
+
+        return run_demo(demo_args)
+    if args_list[:1] == ["check"]:
+        check_args = _check_parser().parse_args(args_list[1:])
+        configure_logging("error")
+        from proxy.check import run as run_check
+
+        return run_check(check_args.env_file, check_args.json)
+    args = _parser().parse_args(args_list)
     try:
         settings = load_settings(args.env_file, **_overrides(args))
     except ConfigError as exc:

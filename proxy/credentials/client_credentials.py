@@ -6,6 +6,7 @@ now; a signed assertion for certificates and workload identity), so that part is
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Protocol
@@ -34,10 +35,10 @@ class SecretAuth:
         return {"client_secret": self._secret.get_secret_value()}
 
 
-def _tls_failure(exc: BaseException) -> bool:
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLError):
+        if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -78,7 +79,12 @@ class ClientCredentials:
                 f"the token request to {self.token_endpoint} timed out", code="token_timeout"
             ) from None
         except httpx2.TransportError as exc:
-            if _tls_failure(exc):
+            if _caused_by(exc, socket.gaierror):
+                raise CredentialUnavailable(
+                    f"the login host of {self.token_endpoint} could not be resolved (DNS)",
+                    code="token_dns_error",
+                ) from None
+            if _caused_by(exc, ssl.SSLError):
                 raise CredentialUnavailable(
                     f"TLS verification failed for {self.token_endpoint}: behind a corporate "
                     "proxy, point SSL_CERT_FILE at its CA bundle",

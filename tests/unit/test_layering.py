@@ -36,10 +36,17 @@ def test_rewrite_uses_only_the_standard_library() -> None:
     assert all(m in {"__future__", "collections.abc", "dataclasses"} for m in found), found
 
 
-def test_only_cli_imports_uvicorn() -> None:
+def test_only_the_process_runners_import_uvicorn() -> None:
     for name, found in modules().items():
-        if name != "cli.py":
+        if name not in ("cli.py", "demo.py"):
             assert "uvicorn" not in found, name
+
+
+def test_the_emulator_is_never_imported_by_the_proxy_itself() -> None:
+    """Only the demo command (and tests) may use the emulator."""
+    for name, found in modules().items():
+        if not name.startswith("emulator/") and name != "demo.py":
+            assert not any(m.startswith("proxy.emulator") for m in found), name
 
 
 def test_only_settings_reads_the_environment() -> None:

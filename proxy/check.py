@@ -1,0 +1,368 @@
+"""`foundry-proxy check`: the setup doctor.
+
+Walks a real configuration step by step (settings, token, token contents, one data-plane call)
+and says for each step what is wrong and how to fix it. Exits 0 only when an authenticated call
+to the upstream works. Never prints the secret or a token: only a short fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import ssl
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from proxy.credentials.claims import decode_claims, scope_resource
+from proxy.credentials.client_credentials import ClientCredentials, SecretAuth
+from proxy.credentials.provider import fingerprint
+from proxy.errors import ConfigError, CredentialError
+from proxy.settings import Settings, is_loopback_host, load_settings
+
+KNOWN_HOSTS = re.compile(
+    r"\.(openai\.azure\.(com|us|cn)|services\.ai\.azure\.com|cognitiveservices\.azure\.(com|us|cn))$"
+)
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+ROLES_FIX = (
+    "assign one of Cognitive Services OpenAI User, Cognitive Services User or Azure AI User to "
+    "the app on this resource (Access control (IAM) > Add role assignment); Cognitive Services "
+    "Contributor is not enough: it has no data actions. New assignments can take a few minutes."
+)
+NETWORK_FIX = (
+    "check that this machine can reach the host; behind a corporate proxy set HTTPS_PROXY and "
+    "FOUNDRY_PROXY_TRUST_ENV=true"
+)
+TLS_FIX = (
+    "a proxy or firewall is inspecting TLS: point SSL_CERT_FILE at your organisation's CA bundle "
+    "(a PEM file)"
+)
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # "ok", "fail", "warn", "skip"
+    summary: str
+    cause: str = ""
+    fix: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status in ("ok", "warn") for s in self.steps) and bool(self.steps)
+
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        return step
+
+
+def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
+    try:
+        settings = load_settings(env_file)
+    except ConfigError as exc:
+        report.add(
+            Step(
+                "settings",
+                "fail",
+                f"{len(exc.problems)} setting(s) missing or malformed",
+                cause="; ".join(exc.problems),
+                fix="set them in the environment or the env file (see config.example.env)",
+                details={"problems": exc.problems},
+            )
+        )
+        return None
+    secret = settings.client_secret.get_secret_value().strip()
+    if _GUID.match(secret):
+        report.add(
+            Step(
+                "settings",
+                "fail",
+                "AZURE_CLIENT_SECRET looks like a secret ID, not a secret value",
+                cause="the value is a GUID: that is the Secret ID shown next to the secret",
+                fix="create or copy the secret's Value (shown once, when it is created) "
+                "into AZURE_CLIENT_SECRET",
+            )
+        )
+        return None
+    host = urlsplit(settings.upstream).hostname or ""
+    details = {
+        "upstream": settings.upstream,
+        "tenant": settings.tenant_id,
+        "client_id": settings.client_id,
+        "authority": settings.authority_host,
+        "scope": settings.scope,
+    }
+    if not is_loopback_host(host) and not KNOWN_HOSTS.search(host):
+        report.add(
+            Step(
+                "settings",
+                "warn",
+                f"{host} is not a known Foundry / Azure OpenAI host name",
+                cause="expected <resource>.openai.azure.com, <resource>.services.ai.azure.com "
+                "or <resource>.cognitiveservices.azure.com",
+                fix="copy the endpoint from the resource's Keys and Endpoint page (origin only)",
+                details=details,
+            )
+        )
+    else:
+        report.add(Step("settings", "ok", "all settings present and well-formed", details=details))
+    return settings
+
+
+def _token_failure(err: CredentialError) -> Step:
+    fixes = {
+        "token_dns_error": "check AZURE_AUTHORITY_HOST and this machine's DNS; " + NETWORK_FIX,
+        "token_unreachable": NETWORK_FIX,
+        "token_timeout": NETWORK_FIX,
+        "token_tls_error": TLS_FIX,
+        "malformed_token_response": "AZURE_AUTHORITY_HOST must be an Entra login host such as "
+        "https://login.microsoftonline.com (a proxy or portal may have answered instead)",
+    }
+    fix = err.hint or fixes.get(err.code, "see the Entra error code in the Microsoft docs")
+    return Step(
+        "token",
+        "fail",
+        f"Entra ID refused or could not issue a token ({err.code})",
+        cause=err.message,
+        fix=fix,
+        details={"code": err.code},
+    )
+
+
+def _describe_claims(token: str, scope: str) -> Step:
+    claims = decode_claims(token)
+    print_id = fingerprint(token)
+    if claims is None:
+        return Step(
+            "token contents", "warn", f"token {print_id} is not a readable JWT; not inspected"
+        )
+    expected = scope_resource(scope)
+    audience = str(claims.get("aud", ""))
+    exp = claims.get("exp")
+    left = int(float(exp) - time.time()) if isinstance(exp, int | float) else None
+    details = {
+        "fingerprint": print_id,
+        "audience": audience,
+        "tenant": claims.get("tid"),
+        "app_id": claims.get("appid") or claims.get("azp"),
+        "expires_in": left,
+    }
+    if "roles" in claims:
+        details["roles"] = claims["roles"]
+    summary = (
+        f"token {print_id}: audience {audience}, tenant {details['tenant']}, "
+        f"app {details['app_id']}, expires in {left} s"
+    )
+    if audience.rstrip("/") != expected.rstrip("/"):
+        return Step(
+            "token contents",
+            "warn",
+            summary,
+            cause=f"the audience is {audience}, but FOUNDRY_PROXY_SCOPE asks for {expected}",
+            fix="check FOUNDRY_PROXY_SCOPE",
+            details=details,
+        )
+    return Step("token contents", "ok", summary, details=details)
+
+
+def _error_code(response: httpx2.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text[:200]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("code", "")), str(error.get("message", ""))[:300]
+        if "statusCode" in body:
+            return "entra_token_rejected", str(body.get("message", ""))[:300]
+    return "", str(body)[:200]
+
+
+def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) -> Step:
+    status = response.status_code
+    code, message = _error_code(response)
+    details = {"url": url, "status": status, "code": code}
+    if status == 200:
+        try:
+            count = len(response.json().get("data", []))
+        except (ValueError, AttributeError):
+            count = 0
+        return Step(
+            "data plane", "ok", f"GET {url} -> 200 ({count} models visible)", details=details
+        )
+    if status == 401 and code == "PermissionDenied":
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url} -> 401 PermissionDenied",
+            cause="the app has a valid token but no data-plane role on this resource: " + message,
+            fix=ROLES_FIX,
+            details=details,
+        )
+    if status == 401:
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url} -> 401",
+            cause="the resource refused the token (wrong audience, another tenant, or "
+            "expired): " + message,
+            fix=f"FOUNDRY_PROXY_SCOPE is {settings.scope}: resource hosts take "
+            "https://cognitiveservices.azure.com/.default; also check that the resource "
+            f"belongs to tenant {settings.tenant_id}",
+            details=details,
+        )
+    if status == 403:
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url} -> 403",
+            cause="the resource denied access from this network (firewall, virtual "
+            "network rules or disabled public access), or the resource is disabled: " + message,
+            fix="allow this machine's network in the resource's Networking settings, or "
+            "use it through its private endpoint",
+            details=details,
+        )
+    if status == 404:
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url} -> 404",
+            cause="no such route or deployment on this host: " + message,
+            fix="set FOUNDRY_PROXY_UPSTREAM to the endpoint on the resource's Keys and "
+            "Endpoint page (origin only, e.g. https://myres.openai.azure.com); deployment "
+            "names go in the request's model",
+            details=details,
+        )
+    if status == 429:
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url} -> 429",
+            cause="authorized, but the resource is throttling requests right now",
+            fix="try again later, or raise the deployment's quota",
+            details=details,
+        )
+    return Step(
+        "data plane",
+        "fail",
+        f"GET {url} -> {status}",
+        cause=message or "unexpected answer",
+        fix="try again; if it persists, check the resource's health in the Azure portal",
+        details=details,
+    )
+
+
+def _transport_failure(exc: httpx2.TransportError, url: str) -> Step:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return Step(
+                "data plane",
+                "fail",
+                f"GET {url}: host not found",
+                cause="the upstream host name does not resolve",
+                fix="check FOUNDRY_PROXY_UPSTREAM and this machine's DNS",
+            )
+        if isinstance(seen, ssl.SSLError):
+            return Step(
+                "data plane", "fail", f"GET {url}: TLS failed", cause=str(seen)[:200], fix=TLS_FIX
+            )
+        seen = seen.__cause__ or seen.__context__
+    return Step(
+        "data plane",
+        "fail",
+        f"GET {url}: {type(exc).__name__}",
+        cause="could not connect to the upstream",
+        fix=NETWORK_FIX,
+    )
+
+
+async def run_checks(env_file: Path | None) -> Report:
+    report = Report()
+    settings = _check_settings(env_file, report)
+    if settings is None:
+        return report
+    timeout = httpx2.Timeout(settings.token_timeout, connect=min(10.0, settings.connect_timeout))
+    async with httpx2.AsyncClient(
+        timeout=timeout, follow_redirects=False, trust_env=settings.trust_env
+    ) as http:
+        credential = ClientCredentials(
+            authority_host=settings.authority_host,
+            tenant_id=settings.tenant_id,
+            client_id=settings.client_id,
+            auth=SecretAuth(settings.client_secret),
+            http=http,
+        )
+        try:
+            token = await credential.get_token(settings.scope)
+        except CredentialError as err:
+            report.add(_token_failure(err))
+            return report
+        report.add(
+            Step(
+                "token",
+                "ok",
+                f"Entra ID issued a token for {settings.scope} (valid {token.expires_in:.0f} s)",
+            )
+        )
+        report.add(_describe_claims(token.token, settings.scope))
+        url = f"{settings.upstream}/openai/v1/models"
+        try:
+            response = await http.get(url, headers={"Authorization": f"Bearer {token.token}"})
+        except httpx2.TransportError as exc:
+            report.add(_transport_failure(exc, url))
+            return report
+        step = _data_plane_step(response, url, settings)
+        if step.details.get("status") == 404:
+            # Older resources may not serve the v1 API; the dated one proves the setup as well.
+            dated = f"{settings.upstream}/openai/models?api-version=2024-10-21"
+            with_dated = await http.get(dated, headers={"Authorization": f"Bearer {token.token}"})
+            if with_dated.status_code == 200:
+                step = _data_plane_step(with_dated, dated, settings)
+                step.summary += " (the v1 API answered 404; the dated API works)"
+        report.add(step)
+    return report
+
+
+_MARKS = {"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]", "skip": "[skip]"}
+
+
+def render(report: Report) -> str:
+    lines = []
+    for step in report.steps:
+        lines.append(f"{_MARKS[step.status]} {step.name}: {step.summary}")
+        if step.cause:
+            lines.append(f"       cause: {step.cause}")
+        if step.fix:
+            lines.append(f"       fix:   {step.fix}")
+    lines.append("")
+    lines.append(
+        "All good: the proxy can authenticate and reach the upstream."
+        if report.ok
+        else "Not ready: fix the first failing step and run foundry-proxy check again."
+    )
+    return "\n".join(lines)
+
+
+def run(env_file: Path | None, as_json: bool) -> int:
+    report = asyncio.run(run_checks(env_file))
+    if as_json:
+        print(json.dumps({"ok": report.ok, "steps": [asdict(s) for s in report.steps]}, indent=2))
+    else:
+        print(render(report))
+    sys.stdout.flush()
+    return 0 if report.ok else 1
