@@ -7,6 +7,7 @@ keeps running during a graceful shutdown.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from proxy.addresses import is_loopback_host
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.forwarding import Forwarder, UpstreamConfig
 from proxy.settings import Settings
@@ -32,6 +34,8 @@ def _upstream_config(settings: Settings) -> UpstreamConfig:
         replay_body_limit=settings.replay_body_limit,
         max_body_bytes=settings.max_body_bytes,
         trust_env=settings.trust_env,
+        loopback_only=is_loopback_host(settings.host),
+        allowed_origins=settings.origins,
     )
 
 
@@ -43,18 +47,23 @@ def create_app(
 ) -> Starlette:
     """The ASGI app. ``credential`` and ``http`` (for token calls) may be supplied by tests;
     a supplied ``http`` client is left open for its owner to close."""
+    # One TLS context for Entra and the upstream alike. OpenSSL's defaults honour
+    # SSL_CERT_FILE / SSL_CERT_DIR, which is how users behind a TLS-inspecting proxy add their
+    # CA; httpx2 would ignore them with trust_env off.
+    tls = ssl.create_default_context()
     own_http = http is None
     token_http = http or httpx2.AsyncClient(
         timeout=httpx2.Timeout(settings.token_timeout, connect=min(10.0, settings.token_timeout)),
         follow_redirects=False,
         trust_env=settings.trust_env,
+        verify=tls,
     )
     tokens = TokenProvider(
         credential or credential_from_settings(settings, token_http),
         primary_scope=settings.scope,
         wait_timeout=settings.token_wait,
     )
-    forwarder = Forwarder(_upstream_config(settings), tokens)
+    forwarder = Forwarder(_upstream_config(settings), tokens, tls)
 
     async def healthz(request: Request) -> JSONResponse:
         # Liveness never depends on Entra: restarting would throw away a still-valid token.

@@ -16,16 +16,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
 
+from proxy.addresses import is_loopback_host
 from proxy.credentials.claims import decode_claims, scope_resource
 from proxy.credentials.client_credentials import ClientCredentials, SecretAuth
 from proxy.credentials.provider import fingerprint
 from proxy.errors import ConfigError, CredentialError
-from proxy.settings import Settings, is_loopback_host, load_settings
+from proxy.settings import Settings, load_settings
 
 KNOWN_HOSTS = re.compile(
     r"\.(openai\.azure\.(com|us|cn)|services\.ai\.azure\.com|cognitiveservices\.azure\.(com|us|cn))$"
@@ -338,7 +340,7 @@ async def run_checks(env_file: Path | None) -> Report:
     return report
 
 
-_MARKS = {"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]", "skip": "[skip]"}
+_MARKS = MappingProxyType({"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]", "skip": "[skip]"})
 
 
 def render(report: Report) -> str:

@@ -81,8 +81,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _drained(signum: int, frame: object) -> None:
-    log.info("shut down cleanly after %s", signal.Signals(signum).name)
+def _stop(signum: int, frame: object) -> None:
+    """Runs for a signal uvicorn did not take: before it started, or re-raised after its drain.
+
+    Either way the right end is a clean exit (uvicorn re-raises the signal so that the default
+    handler would kill the process; after a completed drain, exit 0 is the honest status).
+    """
+    log.info("stopped by %s", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def serve(settings: Settings) -> int:
@@ -167,7 +173,7 @@ def _install_drain_handlers() -> None:
     # then re-raises the signal to the handler that was installed before it. With the default
     # handler that kills the process with the signal; a completed drain should exit 0 instead.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _drained)
+        signal.signal(signum, _stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,10 +20,11 @@ import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from proxy.addresses import host_of_authority, is_loopback_host
 from proxy.credentials.provider import TokenProvider
 from proxy.errors import CredentialError
 from proxy.replies import send_error
-from proxy.rewrite import BadTarget, map_target, request_headers, response_headers
+from proxy.rewrite import BadTarget, Inbound, map_target, request_headers, response_headers
 
 log = logging.getLogger("foundry_proxy.forward")
 
@@ -42,6 +45,8 @@ class UpstreamConfig:
     replay_body_limit: int
     max_body_bytes: int
     trust_env: bool
+    loopback_only: bool  # listening on loopback only: Host must name loopback too
+    allowed_origins: frozenset[str]
 
 
 class _ClientGone(Exception):
@@ -152,15 +157,18 @@ class _Request:
 class Forwarder:
     """Raw ASGI endpoint: validated path -> upstream with the bearer token -> streamed back."""
 
-    def __init__(self, config: UpstreamConfig, tokens: TokenProvider) -> None:
+    def __init__(self, config: UpstreamConfig, tokens: TokenProvider, tls: ssl.SSLContext) -> None:
         self._config = config
         self._tokens = tokens
+        self._tls = tls
         self._origin = config.origin
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         cfg = self._config
-        connector = aiohttp.TCPConnector(limit=cfg.pool_size, limit_per_host=0, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(
+            limit=cfg.pool_size, limit_per_host=0, ttl_dns_cache=60, ssl=self._tls
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             # Cookies from one caller's response must never ride on another caller's request.
@@ -186,11 +194,16 @@ class Forwarder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             target = map_target(scope["raw_path"], scope["query_string"])
-            headers, length = request_headers(scope["headers"])
+            inbound = request_headers(scope["headers"])
         except BadTarget as exc:
             code = "not_found" if exc.status == 404 else "invalid_request"
             await send_error(send, exc.status, code, exc.message)
             return
+        refusal = self._refusal(inbound)
+        if refusal is not None:
+            await send_error(send, 403, *refusal)
+            return
+        headers, length = inbound.headers, inbound.length
         token_scope = self._config.projects_scope if target.projects else self._config.scope
         if length is not None and length > self._config.max_body_bytes:
             await _too_large(send, self._config.max_body_bytes)
@@ -210,6 +223,8 @@ class Forwarder:
                 except CredentialError as err:
                     await _token_unavailable(send, err)
                     return
+            if watch.gone:
+                return
             url = URL(self._origin + target.path_qs, encoded=True)
             request = _Request(scope["method"], url, headers, body, token, token_scope)
             await self._exchange(request, receive, send, watch)
@@ -224,6 +239,32 @@ class Forwarder:
             raise
         finally:
             watch.stop()
+
+    def _refusal(self, inbound: Inbound) -> tuple[str, str] | None:
+        """Refuse what a web page could send: DNS rebinding and cross-site requests.
+
+        A page that rebinds its own name to 127.0.0.1 sends its own name as Host; a page
+        posting across sites sends an Origin (or Sec-Fetch-Site: cross-site). Apps and SDKs
+        send neither.
+        """
+        cfg = self._config
+        if (
+            cfg.loopback_only
+            and inbound.host
+            and not is_loopback_host(host_of_authority(inbound.host))
+        ):
+            return "forbidden_host", (
+                "the Host header names a host other than this machine's loopback address; "
+                "call the proxy as 127.0.0.1, localhost or [::1]"
+            )
+        if inbound.origin is not None and inbound.origin.rstrip("/") not in cfg.allowed_origins:
+            return "forbidden_origin", (
+                "requests from web pages are refused; allow an origin with "
+                "FOUNDRY_PROXY_ALLOWED_ORIGINS if a page of yours should call the proxy"
+            )
+        if inbound.cross_site and inbound.origin is None:
+            return "forbidden_origin", "cross-site requests from web pages are refused"
+        return None
 
     async def _exchange(
         self, request: _Request, receive: Receive, send: Send, watch: _Watch
@@ -257,7 +298,11 @@ class Forwarder:
             complete = False
             try:
                 if response.status == 401 and not replayed:
-                    retry, early = await _token_rejected(response)
+                    try:
+                        retry, early = await _token_rejected(response)
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        await _upstream_failed(send, exc, self._origin)
+                        return
                     if retry and body.data is not None:
                         fresh = await self._tokens.refreshed(request.token_scope, token)
                         if fresh is not None:
@@ -293,7 +338,7 @@ async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes
         return challenge, None
     raw = await response.read()
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(_decoded(raw, response.headers.get("Content-Encoding", "")))
     except ValueError:
         return challenge, raw
     if not isinstance(parsed, dict):
@@ -304,12 +349,29 @@ async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes
     return challenge or ("statusCode" in parsed and "message" in parsed), raw
 
 
+def _decoded(raw: bytes, encoding: str) -> bytes:
+    """The body as plain bytes, for inspection only (the client gets ``raw`` unchanged).
+
+    The client's Accept-Encoding goes upstream, so a 401 may arrive gzipped.
+    """
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        # wbits 47: zlib or gzip header, detected; never inflate past the inspection limit.
+        try:
+            return zlib.decompressobj(wbits=47).decompress(raw, _INSPECT_LIMIT)
+        except zlib.error:
+            return b""
+    return b""
+
+
 async def _send_buffered(send: Send, response: aiohttp.ClientResponse, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": response_headers(response.raw_headers),
+            "headers": response_headers(response.raw_headers, response.status),
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -321,7 +383,7 @@ async def _relay(send: Send, response: aiohttp.ClientResponse) -> bool:
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": response_headers(response.raw_headers),
+            "headers": response_headers(response.raw_headers, response.status),
         }
     )
     content = response.content

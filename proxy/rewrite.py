@@ -24,7 +24,9 @@ _PATH_BYTES = frozenset(
 # Escapes that would let the upstream see a different path than the one checked here:
 # dots and slashes (traversal), backslash (some servers treat it as "/"), an escaped "%"
 # (double encoding, for servers that decode twice) and controls.
-_FORBIDDEN_ESCAPES = frozenset({0x25, 0x2E, 0x2F, 0x5C, 0x7F, *range(0x20)})
+# Non-ASCII escapes are refused too: overlong UTF-8 forms (%C0%AE) decode to dots on lenient
+# servers, and no Azure path segment needs them.
+_FORBIDDEN_ESCAPES = frozenset({0x25, 0x2E, 0x2F, 0x5C, 0x7F, *range(0x20), *range(0x80, 0x100)})
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Printable ASCII except "#": a fragment never belongs in a request target.
 _QUERY_BYTES = frozenset(range(0x21, 0x7F)) - {0x23}
@@ -50,7 +52,15 @@ class Target:
 def _check_path(raw: bytes) -> None:
     if not raw.startswith(b"/") or not _PATH_BYTES.issuperset(raw):
         raise BadTarget(400, "the request path contains characters that are not allowed")
-    if b"//" in raw or b"/./" in raw or b"/../" in raw or raw.endswith((b"/", b"/.", b"/..")):
+    # ";" parameters on dot segments ("/..;/") are dot segments to some servers (Tomcat).
+    if (
+        b"//" in raw
+        or b"/./" in raw
+        or b"/../" in raw
+        or b"/.;" in raw
+        or b"/..;" in raw
+        or raw.endswith((b"/", b"/.", b"/.."))
+    ):
         raise BadTarget(400, "the request path has empty or dot segments")
     index = raw.find(b"%")
     while index != -1:
@@ -134,33 +144,60 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
-def request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], int | None]:
-    """Headers to send upstream (without Authorization) and the request's Content-Length.
+@dataclass(slots=True)
+class Inbound:
+    """What the forwarder needs from the request headers."""
 
-    ASGI servers give lower-case names (ASGI spec, HTTP connection scope).
+    headers: list[tuple[str, str]]  # to send upstream, without Authorization
+    length: int | None = None  # Content-Length, when given
+    host: str | None = None
+    origin: str | None = None
+    cross_site: bool = False  # Sec-Fetch-Site: cross-site (a browser, another site's page)
+
+
+def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
+    """Split the request headers into what goes upstream and what the proxy checks.
+
+    ASGI servers give lower-case names (ASGI spec, HTTP connection scope). Values are decoded
+    as UTF-8 because that is how the upstream client encodes them again; bytes that are not
+    UTF-8 are refused rather than re-encoded into something else.
     """
     listed = _connection_tokens(raw) if any(n == b"connection" for n, _ in raw) else None
-    out: list[tuple[str, str]] = []
-    length: int | None = None
-    for name, value in raw:
-        if name in _REQUEST_DROP or name.startswith(_REQUEST_DROP_PREFIXES):
-            if name == b"content-length":
-                if not value.isdigit():
-                    raise BadTarget(400, "the Content-Length header is not a number")
-                length = int(value)
-            continue
-        if listed and name in listed:
-            continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    return out, length
+    inbound = Inbound([])
+    out = inbound.headers
+    try:
+        for name, value in raw:
+            if name in _REQUEST_DROP or name.startswith(_REQUEST_DROP_PREFIXES):
+                if name == b"content-length":
+                    if not value.isdigit():
+                        raise BadTarget(400, "the Content-Length header is not a number")
+                    inbound.length = int(value)
+                elif name == b"host":
+                    inbound.host = value.decode()
+                continue
+            if listed and name in listed:
+                continue
+            if name == b"origin":
+                inbound.origin = value.decode()
+            elif name == b"sec-fetch-site":
+                inbound.cross_site = value == b"cross-site"
+            out.append((name.decode(), value.decode()))
+    except UnicodeDecodeError:
+        raise BadTarget(400, "a request header is not valid UTF-8") from None
+    return inbound
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(
+    raw: Iterable[tuple[bytes, bytes]], status: int = 200
+) -> list[tuple[bytes, bytes]]:
     """Upstream response headers to pass to the client, names lower-cased."""
     pairs = [(name.lower(), value) for name, value in raw]
     listed = _connection_tokens(pairs) if any(n == b"connection" for n, _ in pairs) else None
+    # A 204 or 304 has no body whatever its Content-Length says (RFC 9110 section 8.6); the
+    # ASGI server would otherwise wait for bytes that never come.
+    drop = _RESPONSE_DROP | {b"content-length"} if status in (204, 304) else _RESPONSE_DROP
     return [
         (name, value)
         for name, value in pairs
-        if name not in _RESPONSE_DROP and not (listed and name in listed)
+        if name not in drop and not (listed and name in listed)
     ]

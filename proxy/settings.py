@@ -10,7 +10,6 @@ pydantic/pydantic-settings#256).
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from proxy.addresses import is_loopback_host
 from proxy.errors import ConfigError
 
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -34,17 +34,6 @@ _DOMAIN = re.compile(
 )
 # Multi-tenant aliases cannot mint app-only tokens: client credentials need one real tenant.
 _TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and any address in 127.0.0.0/8 or ``::1``."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _origin(value: str, name: str, *, allow_path: bool) -> str:
@@ -133,6 +122,15 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, _env("FOUNDRY_PROXY_MAX_BODY_BYTES"), Field(ge=1)] = 512 * 2**20
     shutdown_grace: Annotated[float, _env("FOUNDRY_PROXY_SHUTDOWN_GRACE"), Field(ge=0)] = 30.0
     trust_env: Annotated[bool, _env("FOUNDRY_PROXY_TRUST_ENV")] = False
+    # Browser origins allowed to call the proxy (comma-separated); none by default, so a web
+    # page can neither read answers nor spend quota through a user's proxy.
+    allowed_origins: Annotated[str, _env("FOUNDRY_PROXY_ALLOWED_ORIGINS")] = ""
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )
 
     @field_validator("upstream")
     @classmethod

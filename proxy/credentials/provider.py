@@ -87,6 +87,18 @@ class TokenStatus:
     error: CredentialError | None
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``.
+
+    asyncio.timeout rather than wait_for: on Python 3.11, wait_for can swallow a cancellation
+    that arrives together with the event (fixed in 3.12), and cancellation is how a request
+    whose client left, or the refresh loop at shutdown, is stopped.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 def fingerprint(token: str) -> str:
     """A short, one-way label to tell tokens apart in logs."""
     return hashlib.sha256(token.encode()).hexdigest()[:10]
@@ -194,8 +206,7 @@ class TokenProvider:
                     f"no token from Entra ID within {self._wait_timeout:g} s",
                     code="token_pending",
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.changed.wait(), remaining)
+            await _wait(state.changed, remaining)
             token = self.token_now(scope)
             if token is not None:
                 return token
@@ -210,8 +221,11 @@ class TokenProvider:
             return True
         state = self._scope(scope)
         now = self._clock.monotonic()
-        if state.failures or now - state.last_forced < self._policy.forced_refresh_interval:
+        if state.failures:
             return False
+        if now - state.last_forced < self._policy.forced_refresh_interval:
+            # Others who got the same 401 join a forced refresh still under way.
+            return state.fetching or state.wake.is_set()
         state.last_forced = now
         log.info("the upstream refused the token for %s; refreshing it now", scope)
         state.wake.set()
@@ -227,11 +241,7 @@ class TokenProvider:
         current = self.token_now(scope)
         if current is not None and current != rejected:
             return current
-        changed = self._scope(scope).changed
-        try:
-            await asyncio.wait_for(changed.wait(), self._wait_timeout)
-        except TimeoutError:
-            return None
+        await _wait(self._scope(scope).changed, self._wait_timeout)
         current = self.token_now(scope)
         return current if current != rejected else None
 
@@ -261,16 +271,18 @@ class TokenProvider:
         while True:
             try:
                 delay = await self._fetch(scope, state)
-            except Exception:
+            except Exception as exc:
                 # Last line of defence: the loop must outlive any bug in a credential.
                 log.exception("unexpected error while refreshing the token for %s", scope)
                 state.fetching = False
-                state.failures += 1
-                delay = self._policy.transient_max
+                failure = CredentialUnavailable(
+                    f"internal error while getting a token ({type(exc).__name__})",
+                    code="token_internal_error",
+                )
+                delay = self._failed(scope, state, failure)
             state.next_attempt = self._clock.monotonic() + delay
             state.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), delay)
+            await _wait(state.wake, delay)
 
     async def _fetch(self, scope: str, state: _Scope) -> float:
         """One token call; returns the seconds until the next one."""

@@ -251,3 +251,50 @@ def test_probes(stack: Stack) -> None:
     assert 3000 < ready.json()["token_expires_in"] <= 3600
     for body in (ready.text, httpx2.get(stack.url + "/healthz").text):
         assert not stack.leaks(body)
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"Host": "evil.example"}, "forbidden_host"),
+        ({"Host": "127.0.0.1.evil.com:80"}, "forbidden_host"),
+        ({"Host": "localhost.evil"}, "forbidden_host"),
+        ({"Origin": "https://evil.example"}, "forbidden_origin"),
+        ({"Origin": "null"}, "forbidden_origin"),
+        ({"Sec-Fetch-Site": "cross-site"}, "forbidden_origin"),
+    ],
+)
+def test_web_pages_cannot_use_the_proxy(stack: Stack, headers: dict[str, str], code: str) -> None:
+    """B23/B24: DNS rebinding and cross-site requests get 403 and reach nothing."""
+    before = len(stack.foundry.journal)
+    r = httpx2.post(
+        stack.url + "/v1/chat/completions",
+        json={"model": "m"},
+        headers={"Content-Type": "text/plain", **headers},
+    )
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == code
+    assert len(stack.foundry.journal) == before
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost:{port}", "127.0.0.1:{port}", "[::1]:{port}", "app.localhost:{port}"]
+)
+def test_loopback_host_names_are_accepted(stack: Stack, host: str) -> None:
+    assert stack.proxy is not None
+    r = httpx2.get(stack.url + "/v1/models", headers={"Host": host.format(port=stack.proxy.port)})
+    assert r.status_code == 200
+
+
+def test_broken_401_body_is_a_clean_502(stack: Stack) -> None:
+    r = httpx2.get(stack.url + "/v1/truncated-401")
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_error"
+
+
+def test_non_ascii_header_values_arrive_unchanged(stack: Stack) -> None:
+    r = httpx2.get(stack.url + "/v1/models", headers=[("x-note", "café".encode())])
+    assert r.status_code == 200
+    # The journal holds header bytes as latin-1 text: compare the bytes themselves.
+    sent = [v.encode("latin-1") for v in stack.foundry.journal[-1].header("x-note")]
+    assert sent == ["café".encode()]

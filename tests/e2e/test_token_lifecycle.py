@@ -211,3 +211,36 @@ def test_malformed_token_answers_keep_the_old_token(fresh_stack: Stack) -> None:
     assert failures == []
     assert ok > 10
     assert httpx2.get(s.url + "/readyz").status_code == 200
+
+
+def test_gzipped_token_rejection_is_recognised(fresh_stack: Stack) -> None:
+    """The client's Accept-Encoding reaches the upstream, so its 401 may come compressed."""
+    s = fresh_stack
+    s.foundry.gzip_401 = True
+    s.start_proxy()
+    headers = {"accept-encoding": "gzip"}
+    assert (
+        httpx2.post(s.url + "/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+    )
+    s.issuer.revoke_all()
+    r = httpx2.post(s.url + "/v1/chat/completions", json=CHAT, headers=headers)
+    assert r.status_code == 200
+    assert [e.auth for e in s.foundry.entries("/chat/completions")[-2:]] == ["revoked", "ok"]
+
+
+def test_concurrent_rejections_are_all_replayed_after_one_refresh(fresh_stack: Stack) -> None:
+    s = fresh_stack
+    s.start_proxy()
+    assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+    calls = len(s.entra.calls)
+    s.entra.delay = 0.3
+    s.issuer.revoke_all()
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(
+            pool.map(
+                lambda _: httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code,
+                range(6),
+            )
+        )
+    assert statuses == [200] * 6
+    assert len(s.entra.calls) == calls + 1

@@ -53,6 +53,8 @@ class FakeFoundry(EmulatedFoundry):
         self.recording = issuer
         self.journal: list[Entry] = []
         self._lock = threading.Lock()
+        #: Compress 401 answers when the client accepts gzip (as a CDN in front might).
+        self.gzip_401 = False
 
     def entries(self, path_part: str = "") -> list[Entry]:
         with self._lock:
@@ -166,6 +168,16 @@ class FakeFoundry(EmulatedFoundry):
                     [(b"retry-after", b"3"), (b"x-ratelimit-remaining-requests", b"0")],
                 ),
             )
+        elif path.endswith("/truncated-401"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-length", b"100")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b'{"statusCode"', "more_body": True})
+            raise ConnectionAbortedError("fake upstream cuts the 401 short on purpose")
         elif path.endswith("/truncated"):
             await send(
                 {

@@ -253,3 +253,14 @@ def test_aclose_stops_every_task() -> None:
 
     assert asyncio.run(main()) == []
     assert credential.closed
+
+
+def test_concurrent_401s_all_wait_for_the_one_forced_refresh() -> None:
+    credential = ScriptedCredential(AccessToken("old", 100.0), delay=0.3)
+
+    async def test(p: TokenProvider) -> list[str | None]:
+        rejected = await p.token(SCOPE)
+        return await asyncio.gather(*(p.refreshed(SCOPE, rejected) for _ in range(5)))
+
+    assert run(credential, test) == ["token-2"] * 5
+    assert len(credential.calls) == 2

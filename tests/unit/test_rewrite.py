@@ -64,6 +64,10 @@ def test_mapping(raw: bytes, query: bytes, expected: str, projects: bool) -> Non
         (b"/v1/a%00b", 400),
         (b"/v1/a%zz", 400),
         (b"/v1/a%2", 400),
+        (b"/v1/..;/x", 400),
+        (b"/v1/a/.;/x", 400),
+        (b"/v1/%C0%AE%C0%AE/x", 400),
+        (b"/v1/caf%C3%A9", 400),
         (b"/v1/a\\b", 400),
         (b"/v1/a b", 400),
         (b"/v1/\xc3\xa9", 400),
@@ -149,7 +153,7 @@ def test_request_headers_never_carry_credentials_or_hop_by_hop(
     raw: list[tuple[bytes, bytes]],
 ) -> None:
     raw = [(n, b"5" if n == b"content-length" else v) for n, v in raw]
-    out, _ = request_headers(raw)
+    out = request_headers(raw).headers
     names = {n.encode() for n, _ in out}
     assert not names & HOP_BY_HOP
     assert not names & {
@@ -166,11 +170,32 @@ def test_request_headers_never_carry_credentials_or_hop_by_hop(
     assert not names & listed
 
 
-def test_request_headers_report_content_length() -> None:
-    _, length = request_headers([(b"content-length", b"42")])
-    assert length == 42
+def test_request_headers_report_what_the_proxy_checks() -> None:
+    inbound = request_headers(
+        [
+            (b"content-length", b"42"),
+            (b"host", b"localhost:8787"),
+            (b"origin", b"https://evil.example"),
+            (b"sec-fetch-site", b"cross-site"),
+            (b"x-note", "café".encode()),
+        ]
+    )
+    assert inbound.length == 42
+    assert inbound.host == "localhost:8787"
+    assert inbound.origin == "https://evil.example"
+    assert inbound.cross_site
+    # UTF-8 in, the same text out (aiohttp encodes header values as UTF-8 again).
+    assert ("x-note", "café") in inbound.headers
     with pytest.raises(BadTarget):
         request_headers([(b"content-length", b"-1")])
+    with pytest.raises(BadTarget):
+        request_headers([(b"x-bad", b"\xff\xfe")])
+
+
+def test_bodyless_statuses_lose_content_length() -> None:
+    raw = [(b"content-length", b"12"), (b"etag", b"x")]
+    assert response_headers(raw, 304) == [(b"etag", b"x")]
+    assert response_headers(raw, 200) == raw
 
 
 def test_response_headers() -> None:
