@@ -32,6 +32,13 @@ from proxy.settings import Settings, load_settings
 KNOWN_HOSTS = re.compile(
     r"\.(openai\.azure\.(com|us|cn)|services\.ai\.azure\.com|cognitiveservices\.azure\.(com|us|cn))$"
 )
+# Audiences the data plane accepts (azure-protocols.md section 5; sovereign clouds by suffix).
+DATA_PLANE_AUDIENCES = (
+    "https://cognitiveservices.azure.com",
+    "https://ai.azure.com",
+    "https://cognitiveservices.azure.us",
+    "https://cognitiveservices.azure.cn",
+)
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 ROLES_FIX = (
     "assign one of Cognitive Services OpenAI User, Cognitive Services User or Azure AI User to "
@@ -168,16 +175,18 @@ def _describe_claims(token: str, scope: str) -> Step:
         f"token {print_id}: audience {audience}, tenant {details['tenant']}, "
         f"app {details['app_id']}, expires in {left} s"
     )
-    if audience.rstrip("/") != expected.rstrip("/"):
-        return Step(
-            "token contents",
-            "warn",
-            summary,
-            cause=f"the audience is {audience}, but FOUNDRY_PROXY_SCOPE asks for {expected}",
-            fix="check FOUNDRY_PROXY_SCOPE",
-            details=details,
+    audience = audience.rstrip("/")
+    if audience != expected.rstrip("/"):
+        cause = f"the audience is {audience}, but FOUNDRY_PROXY_SCOPE asks for {expected}"
+    elif audience not in DATA_PLANE_AUDIENCES:
+        cause = (
+            f"the audience is {audience}: Foundry and Azure OpenAI accept tokens for "
+            f"{DATA_PLANE_AUDIENCES[0]} or {DATA_PLANE_AUDIENCES[1]}"
         )
-    return Step("token contents", "ok", summary, details=details)
+    else:
+        return Step("token contents", "ok", summary, details=details)
+    fix = "set FOUNDRY_PROXY_SCOPE=https://cognitiveservices.azure.com/.default"
+    return Step("token contents", "warn", summary, cause=cause, fix=fix, details=details)
 
 
 def _error_code(response: httpx2.Response) -> tuple[str, str]:

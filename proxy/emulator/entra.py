@@ -45,8 +45,10 @@ def entra_error(status: int, error: str, code: int, text: str) -> Answer:
     """An error answer shaped like Entra's (error, error_description, error_codes, ids)."""
     trace, correlation = uuid.uuid4(), uuid.uuid4()
     stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
+    # Entra puts the ids on their own lines after the message, CRLF-separated.
     description = (
-        f"AADSTS{code}: {text} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {stamp}"
+        f"AADSTS{code}: {text}\r\nTrace ID: {trace}\r\nCorrelation ID: {correlation}\r\n"
+        f"Timestamp: {stamp}"
     )
     body = {
         "error": error,

@@ -55,6 +55,9 @@ class FakeFoundry(EmulatedFoundry):
         self._lock = threading.Lock()
         #: Compress 401 answers when the client accepts gzip (as a CDN in front might).
         self.gzip_401 = False
+        #: When set, every request is answered with this (status, body): a missing role,
+        #: a firewall, a wrong endpoint.
+        self.refuse: tuple[int, dict[str, Any]] | None = None
 
     def entries(self, path_part: str = "") -> list[Entry]:
         with self._lock:
@@ -76,6 +79,9 @@ class FakeFoundry(EmulatedFoundry):
             entry.token_serial = self.recording.serial(auth[0].removeprefix("Bearer "))
         with self._lock:
             self.journal.append(entry)
+        if self.refuse is not None:
+            await self.reply(send, request, *json_reply(*self.refuse))
+            return
         first = request.header("x-fake-first-delay")
         if first and not _EMULATED.match(request.path):
             await asyncio.sleep(float(first))

@@ -24,7 +24,7 @@ def bind_loopback(host: str = "127.0.0.1") -> socket.socket:
 class ServerThread:
     """uvicorn serving ``app`` on ``host`` and a free port until stop()."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", **config: Any) -> None:
         self.sock = bind_loopback(host)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
@@ -35,6 +35,7 @@ class ServerThread:
             access_log=False,
             loop="asyncio",
             timeout_graceful_shutdown=1,
+            **config,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -1,0 +1,256 @@
+"""`foundry-proxy check` against fakes set up to fail each way it must explain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.e2e.stack import Stack, clean_environment
+from tests.fakes.entra import entra_error
+from tests.fakes.serve import ServerThread, bind_loopback
+
+pytestmark = pytest.mark.e2e
+
+KEYS = (
+    "FOUNDRY_PROXY_UPSTREAM",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    s = Stack()
+    yield s
+    s.close()
+
+
+def check(stack: Stack, tmp_path: Path, *args: str, **overrides: str) -> tuple[int, str]:
+    env_file = tmp_path / "check.env"
+    values = {k: stack.env[k] for k in KEYS} | overrides
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--env-file", str(env_file), *args],
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    # Whatever happened, neither the secret nor any token may be printed.
+    assert not stack.leaks(output), output
+    return result.returncode, output
+
+
+def test_good_setup_passes(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(stack, tmp_path)
+    assert code == 0, out
+    for step in ("settings", "token", "token contents", "data plane"):
+        assert f"[ ok ] {step}:" in out
+    assert "audience https://cognitiveservices.azure.com" in out
+    assert "All good" in out
+
+
+def test_json_output(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(stack, tmp_path, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert [s["name"] for s in report["steps"]] == [
+        "settings",
+        "token",
+        "token contents",
+        "data plane",
+    ]
+    contents = report["steps"][2]["details"]
+    assert contents["audience"] == "https://cognitiveservices.azure.com"
+    assert len(contents["fingerprint"]) == 10
+
+
+def test_every_settings_problem_at_once(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(
+        stack,
+        tmp_path,
+        AZURE_TENANT_ID="common",
+        AZURE_CLIENT_ID="not-a-guid",
+        FOUNDRY_PROXY_UPSTREAM="http://myres.openai.azure.com",
+    )
+    assert code == 1
+    assert "[FAIL] settings: 3 setting(s)" in out
+    for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "FOUNDRY_PROXY_UPSTREAM"):
+        assert name in out
+
+
+def test_secret_id_instead_of_value(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(stack, tmp_path, AZURE_CLIENT_SECRET="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+    assert code == 1
+    assert "looks like a secret ID" in out
+    assert "Value" in out
+    assert stack.entra.calls == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "cause", "fix"),
+    [
+        ({"AZURE_CLIENT_SECRET": "wrong~secret"}, "AADSTS7000215", "not its Secret ID"),
+        (
+            {"AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555"},
+            "AADSTS700016",
+            "was not found in tenant",
+        ),
+        (
+            {"AZURE_TENANT_ID": "00000000-1111-2222-3333-444444444444"},
+            "AADSTS90002",
+            "tenant ID or domain",
+        ),
+        (
+            {"FOUNDRY_PROXY_SCOPE": "https://unknown.example.com/.default"},
+            "AADSTS500011",
+            "does not exist in this tenant",
+        ),
+    ],
+)
+def test_entra_refusals_are_explained(
+    stack: Stack, tmp_path: Path, setup: dict[str, str], cause: str, fix: str
+) -> None:
+    code, out = check(stack, tmp_path, **setup)
+    assert code == 1
+    assert "[FAIL] token:" in out
+    assert cause in out
+    assert fix in out
+
+
+@pytest.mark.parametrize(
+    ("answer", "cause", "fix"),
+    [
+        (
+            entra_error(
+                401, "invalid_client", 7000222, "The provided client secret keys are expired."
+            ),
+            "AADSTS7000222",
+            "has expired",
+        ),
+        (
+            entra_error(400, "invalid_request", 90038, "Tenant is in another cloud."),
+            "AADSTS90038",
+            "AZURE_AUTHORITY_HOST",
+        ),
+        (
+            entra_error(400, "invalid_scope", 70011, "The provided scope is not valid."),
+            "AADSTS70011",
+            "FOUNDRY_PROXY_SCOPE",
+        ),
+        (
+            entra_error(
+                400,
+                "invalid_grant",
+                53003,
+                "Access has been blocked by Conditional Access policies.",
+            ),
+            "AADSTS53003",
+            "Conditional Access",
+        ),
+    ],
+)
+def test_scripted_entra_errors_are_explained(
+    stack: Stack, tmp_path: Path, answer: Any, cause: str, fix: str
+) -> None:
+    stack.entra.script.append(answer)
+    code, out = check(stack, tmp_path)
+    assert code == 1
+    assert cause in out
+    assert fix in out
+
+
+def test_unreachable_login_host(stack: Stack, tmp_path: Path) -> None:
+    closed = bind_loopback()
+    try:
+        code, out = check(
+            stack, tmp_path, AZURE_AUTHORITY_HOST=f"http://127.0.0.1:{closed.getsockname()[1]}"
+        )
+    finally:
+        closed.close()
+    assert code == 1
+    assert "could not reach" in out
+    assert "HTTPS_PROXY" in out
+
+
+def test_unresolvable_login_host(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(stack, tmp_path, AZURE_AUTHORITY_HOST="https://login.nonexistent.invalid")
+    assert code == 1
+    assert "could not be resolved" in out
+
+
+def test_tls_interception_points_at_the_ca_bundle(stack: Stack, tmp_path: Path) -> None:
+    """A login host with a certificate from an unknown CA, as behind an inspecting proxy."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    server = ServerThread(
+        stack.entra.app, ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)
+    ).start()
+    try:
+        code, out = check(stack, tmp_path, AZURE_AUTHORITY_HOST=f"https://127.0.0.1:{server.port}")
+    finally:
+        server.stop()
+    assert code == 1
+    assert "TLS" in out
+    assert "SSL_CERT_FILE" in out
+
+
+def test_missing_role(stack: Stack, tmp_path: Path) -> None:
+    stack.foundry.refuse = (
+        401,
+        {
+            "error": {
+                "code": "PermissionDenied",
+                "message": "The principal lacks the required data action.",
+            }
+        },
+    )
+    code, out = check(stack, tmp_path)
+    assert code == 1
+    assert "[ ok ] token:" in out
+    assert "[FAIL] data plane: GET" in out
+    assert "Cognitive Services OpenAI User" in out
+    assert "Contributor is not enough" in out
+
+
+def test_wrong_audience(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(stack, tmp_path, FOUNDRY_PROXY_SCOPE="https://management.azure.com/.default")
+    assert code == 1
+    assert "[warn] token contents:" in out
+    assert "audience is https://management.azure.com" in out
+    assert "[FAIL] data plane:" in out
+    assert "https://cognitiveservices.azure.com/.default" in out
+
+
+def test_firewall(stack: Stack, tmp_path: Path) -> None:
+    stack.foundry.refuse = (
+        403,
+        {"error": {"code": "403", "message": "Public access is disabled."}},
+    )
+    code, out = check(stack, tmp_path)
+    assert code == 1
+    assert "-> 403" in out
+    assert "Networking" in out
+
+
+def test_wrong_endpoint(stack: Stack, tmp_path: Path) -> None:
+    stack.foundry.refuse = (404, {"error": {"code": "404", "message": "Resource not found"}})
+    code, out = check(stack, tmp_path)
+    assert code == 1
+    assert "-> 404" in out
+    assert "Keys and Endpoint" in out
