@@ -44,6 +44,8 @@ def _filter_results() -> dict[str, Any]:
 
 
 Headers = list[tuple[bytes, bytes]]
+# On every answer, errors included, so nobody mistakes the emulator for the real service.
+EMULATED_HEADER = (b"x-foundry-proxy-emulator", b"true")
 
 
 @dataclass(slots=True)

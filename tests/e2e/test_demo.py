@@ -131,6 +131,10 @@ def test_demo_serves_every_emulated_route(demo: Demo) -> None:
         json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.status_code == 200
+    assert r.headers["x-foundry-proxy-emulator"] == "true"
+    missing = httpx2.get(demo.url + "/openai/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.headers["x-foundry-proxy-emulator"] == "true"
     audio = client.audio.transcriptions.create(
         model="whisper", file=("a.wav", b"RIFF" + bytes(1000))
     )
