@@ -316,6 +316,7 @@ class EmulatedFoundry:
     async def reply(
         self, send: Send, request: EmuRequest, status: int, headers: Headers, body: bytes
     ) -> None:
+        headers = [*headers, EMULATED_HEADER]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -546,6 +547,7 @@ class EmulatedFoundry:
             headers = [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"x-accel-buffering", b"no"),
+                EMULATED_HEADER,
                 *self._headers(),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -97,6 +97,12 @@ def test_demo_streams_a_chat_completion_and_stops_on_ctrl_c(demo: Demo) -> None:
     )
     # Streamed token by token (0.1 s apart), not delivered in one piece at the end.
     assert arrivals[-1] - arrivals[0] > 0.1 * (len(arrivals) - 1) * 0.7
+    with httpx2.stream(
+        "POST",
+        demo.url + "/v1/chat/completions",
+        json={"model": "m", "stream": True, "messages": []},
+    ) as r:
+        assert r.headers["x-foundry-proxy-emulator"] == "true"
     banner = "".join(demo.out)
     assert "EMULATED" in banner
     assert f'OpenAI(base_url="{demo.url}/v1"' in banner
