@@ -163,6 +163,9 @@ class Forwarder:
         self._tls = tls
         self._origin = config.origin
         self._session: aiohttp.ClientSession | None = None
+        # Host values already found to be loopback: parsing an address costs microseconds on
+        # every request, and callers use one or two Host values. Bounded, so no one can grow it.
+        self._loopback_hosts: set[str] = set()
 
     async def start(self) -> None:
         cfg = self._config
@@ -248,15 +251,15 @@ class Forwarder:
         send neither.
         """
         cfg = self._config
-        if (
-            cfg.loopback_only
-            and inbound.host
-            and not is_loopback_host(host_of_authority(inbound.host))
-        ):
-            return "forbidden_host", (
-                "the Host header names a host other than this machine's loopback address; "
-                "call the proxy as 127.0.0.1, localhost or [::1]"
-            )
+        host = inbound.host
+        if cfg.loopback_only and host and host not in self._loopback_hosts:
+            if not is_loopback_host(host_of_authority(host)):
+                return "forbidden_host", (
+                    "the Host header names a host other than this machine's loopback address; "
+                    "call the proxy as 127.0.0.1, localhost or [::1]"
+                )
+            if len(self._loopback_hosts) < 16:
+                self._loopback_hosts.add(host)
         if inbound.origin is not None and inbound.origin.rstrip("/") not in cfg.allowed_origins:
             return "forbidden_origin", (
                 "requests from web pages are refused; allow an origin with "
