@@ -172,23 +172,26 @@ def test_scripted_entra_errors_are_explained(
     assert fix in out
 
 
-def test_unreachable_login_host(stack: Stack, tmp_path: Path) -> None:
-    closed = bind_loopback()
+@pytest.mark.parametrize(
+    ("authority", "cause", "fix"),
+    [
+        ("closed-port", "could not reach", "HTTPS_PROXY"),
+        ("https://login.nonexistent.invalid", "could not be resolved", "DNS"),
+    ],
+)
+def test_network_failures_reaching_entra(
+    stack: Stack, tmp_path: Path, authority: str, cause: str, fix: str
+) -> None:
+    closed = bind_loopback()  # bound, never listening: connections are refused
+    if authority == "closed-port":
+        authority = f"http://127.0.0.1:{closed.getsockname()[1]}"
     try:
-        code, out = check(
-            stack, tmp_path, AZURE_AUTHORITY_HOST=f"http://127.0.0.1:{closed.getsockname()[1]}"
-        )
+        code, out = check(stack, tmp_path, AZURE_AUTHORITY_HOST=authority)
     finally:
         closed.close()
     assert code == 1
-    assert "could not reach" in out
-    assert "HTTPS_PROXY" in out
-
-
-def test_unresolvable_login_host(stack: Stack, tmp_path: Path) -> None:
-    code, out = check(stack, tmp_path, AZURE_AUTHORITY_HOST="https://login.nonexistent.invalid")
-    assert code == 1
-    assert "could not be resolved" in out
+    assert cause in out
+    assert fix in out
 
 
 def test_tls_interception_points_at_the_ca_bundle(stack: Stack, tmp_path: Path) -> None:
@@ -210,24 +213,6 @@ def test_tls_interception_points_at_the_ca_bundle(stack: Stack, tmp_path: Path) 
     assert "SSL_CERT_FILE" in out
 
 
-def test_missing_role(stack: Stack, tmp_path: Path) -> None:
-    stack.foundry.refuse = (
-        401,
-        {
-            "error": {
-                "code": "PermissionDenied",
-                "message": "The principal lacks the required data action.",
-            }
-        },
-    )
-    code, out = check(stack, tmp_path)
-    assert code == 1
-    assert "[ ok ] token:" in out
-    assert "[FAIL] data plane: GET" in out
-    assert "Cognitive Services OpenAI User" in out
-    assert "Contributor is not enough" in out
-
-
 def test_wrong_audience(stack: Stack, tmp_path: Path) -> None:
     code, out = check(stack, tmp_path, FOUNDRY_PROXY_SCOPE="https://management.azure.com/.default")
     assert code == 1
@@ -237,20 +222,43 @@ def test_wrong_audience(stack: Stack, tmp_path: Path) -> None:
     assert "https://cognitiveservices.azure.com/.default" in out
 
 
-def test_firewall(stack: Stack, tmp_path: Path) -> None:
-    stack.foundry.refuse = (
-        403,
-        {"error": {"code": "403", "message": "Public access is disabled."}},
-    )
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            401,
+            {
+                "error": {
+                    "code": "PermissionDenied",
+                    "message": "The principal lacks the data action.",
+                }
+            },
+            [
+                "-> 401 PermissionDenied",
+                "Cognitive Services OpenAI User",
+                "Contributor is not enough",
+            ],
+        ),
+        (
+            403,
+            {"error": {"code": "403", "message": "Public access is disabled."}},
+            ["-> 403", "Networking"],
+        ),
+        (
+            404,
+            {"error": {"code": "404", "message": "Resource not found"}},
+            ["-> 404", "Keys and Endpoint"],
+        ),
+    ],
+)
+def test_data_plane_refusals_are_explained(
+    stack: Stack, tmp_path: Path, status: int, body: dict[str, Any], expected: list[str]
+) -> None:
+    """A missing role, a firewall, a wrong endpoint: the token is fine, the call is not."""
+    stack.foundry.refuse = (status, body)
     code, out = check(stack, tmp_path)
     assert code == 1
-    assert "-> 403" in out
-    assert "Networking" in out
-
-
-def test_wrong_endpoint(stack: Stack, tmp_path: Path) -> None:
-    stack.foundry.refuse = (404, {"error": {"code": "404", "message": "Resource not found"}})
-    code, out = check(stack, tmp_path)
-    assert code == 1
-    assert "-> 404" in out
-    assert "Keys and Endpoint" in out
+    assert "[ ok ] token:" in out
+    assert "[FAIL] data plane: GET" in out
+    for text in expected:
+        assert text in out

@@ -27,17 +27,24 @@ def _wait_for(predicate: object, timeout: float) -> bool:
     return False
 
 
-def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
-    """G61: the upstream sees the close within a second of the client leaving."""
+def _open_stream(stack: Stack, steering: bytes) -> socket.socket:
+    """A raw-socket streaming chat request, so the test decides exactly when the client leaves."""
     assert stack.proxy is not None
     body = json.dumps(STREAM).encode()
     sock = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=5)
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nx-fake-chunks: 500\r\nx-fake-delay: 0.1\r\n"
+        b"Content-Type: application/json\r\n"
+        + steering
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
+    return sock
+
+
+def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
+    """G61: the upstream sees the close within a second of the client leaving."""
+    sock = _open_stream(stack, b"x-fake-chunks: 500\r\nx-fake-delay: 0.1\r\n")
     received = b""
     while received.count(b"data: ") < 3:
         received += sock.recv(65536)
@@ -53,15 +60,7 @@ def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
 
 def test_client_disconnect_while_waiting_for_headers(stack: Stack) -> None:
     """G61: a client that gives up before the first byte also frees the upstream request."""
-    assert stack.proxy is not None
-    body = json.dumps(STREAM).encode()
-    sock = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=5)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nx-fake-first-delay: 3\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    sock = _open_stream(stack, b"x-fake-first-delay: 3\r\n")
     assert _wait_for(lambda: stack.foundry.entries("/chat/completions")[-1].started > 0, 2)
     entry = stack.foundry.entries("/chat/completions")[-1]
     time.sleep(0.3)
