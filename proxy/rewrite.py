@@ -165,6 +165,7 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
     listed = _connection_tokens(raw) if any(n == b"connection" for n, _ in raw) else None
     inbound = Inbound([])
     out = inbound.headers
+    encodings = False
     try:
         for name, value in raw:
             if name in _REQUEST_DROP or name.startswith(_REQUEST_DROP_PREFIXES):
@@ -181,9 +182,15 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
                 inbound.origin = value.decode()
             elif name == b"sec-fetch-site":
                 inbound.cross_site = value == b"cross-site"
+            elif name == b"accept-encoding":
+                encodings = True
             out.append((name.decode(), value.decode()))
     except UnicodeDecodeError:
         raise BadTarget(400, "a request header is not valid UTF-8") from None
+    if not encodings:
+        # Bodies pass through undecoded, so the upstream may compress only what the client
+        # said it can decode; without this the HTTP client would offer gzip on its behalf.
+        out.append(("Accept-Encoding", "identity"))
     return inbound
 
 

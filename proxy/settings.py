@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     read_timeout: Annotated[float, _env("FOUNDRY_PROXY_READ_TIMEOUT"), Field(gt=0)] = 600.0
     token_timeout: Annotated[float, _env("FOUNDRY_PROXY_TOKEN_TIMEOUT"), Field(gt=0)] = 30.0
     token_wait: Annotated[float, _env("FOUNDRY_PROXY_TOKEN_WAIT"), Field(ge=0)] = 10.0
-    pool_size: Annotated[int, _env("FOUNDRY_PROXY_POOL_SIZE"), Field(ge=1)] = 256
+    pool_size: Annotated[int, _env("FOUNDRY_PROXY_POOL_SIZE"), Field(ge=1)] = 1024
     replay_body_limit: Annotated[int, _env("FOUNDRY_PROXY_REPLAY_BODY_LIMIT"), Field(ge=0)] = (
         256 * 1024
     )

@@ -208,14 +208,14 @@ def test_request_header_rules(stack: Stack) -> None:
     assert entry.header("user-agent") == ["my-app/1.0"]
 
 
-def test_no_accept_encoding_is_invented(stack: Stack) -> None:
+def test_without_accept_encoding_the_upstream_is_asked_for_identity(stack: Stack) -> None:
     """The upstream may compress only when the client said it can decode."""
     response = raw_request(
         stack.proxy.port if stack.proxy else 0,
         b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     assert status_of(response) == 200
-    assert stack.foundry.journal[-1].header("accept-encoding") == []
+    assert stack.foundry.journal[-1].header("accept-encoding") == ["identity"]
 
 
 def test_response_header_rules(stack: Stack) -> None:

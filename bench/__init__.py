@@ -1,0 +1,1 @@
+"""foundry-proxy benchmark harness: `python -m bench --help`."""
