@@ -34,7 +34,7 @@ from bench.servers import CLIENT_ID, SECRET, TENANT
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
-TOKEN = "Bearer bench-token-0123456789abcdef"
+TOKEN = "Bearer bench-token-0123456789abcdef"  # noqa: S105 - what nginx injects in the bench
 CHAT_JSON = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -44,7 +44,10 @@ CHAT_JSON = json.dumps(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "The sea is wide, and its waves keep time."},
+                "message": {
+                    "role": "assistant",
+                    "content": "The sea is wide, and its waves keep time.",
+                },
                 "finish_reason": "stop",
             }
         ],
@@ -78,7 +81,11 @@ def free_port() -> int:
 
 
 def pinned(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []  # type: ignore[operator]
+    return (
+        ["taskset", "-c", str(cpu)]
+        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
+        else []
+    )  # type: ignore[operator]
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -146,7 +153,9 @@ class Bench:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def spawn(self, args: list[str], cpu: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, args: list[str], cpu: int, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             pinned(cpu) + args,
             cwd=ROOT,
@@ -184,19 +193,31 @@ http {{
         return self.spawn([nginx, "-p", str(prefix), "-c", str(conf)], cpu)
 
     def start(self) -> list[Variant]:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         stream_file = self.tmp / "stream.sse"
         events = [
-            "data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
-                                   "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]}) + "\n\n"
+            "data: "
+            + json.dumps(
+                {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "model": "gpt-4o-mini",
+                    "choices": [
+                        {"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}
+                    ],
+                }
+            )
+            + "\n\n"
             for i in range(100)
         ]
         stream_file.write_text("".join(events) + "data: [DONE]\n\n")
         up, slow, entra, ngx, fp = (free_port() for _ in range(5))
         self.spawn([self.python, "-m", "bench.servers", "slow", str(slow)], 1)
         self.spawn([self.python, "-m", "bench.servers", "entra", str(entra)], 1)
-        self.nginx("upstream", f"""
+        self.nginx(
+            "upstream",
+            f"""
   server {{
     listen 127.0.0.1:{up} backlog=4096;
     location = /openai/v1/chat/completions {{ default_type application/json; return 200 '{CHAT_JSON}'; }}
@@ -205,8 +226,12 @@ http {{
       proxy_pass http://127.0.0.1:{slow}; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_buffering off;
     }}
-  }}""", cpu=1)
-        nginx_proxy = self.nginx("reference", f"""
+  }}""",
+            cpu=1,
+        )
+        nginx_proxy = self.nginx(
+            "reference",
+            f"""
   upstream up {{ server 127.0.0.1:{up}; keepalive 1024; }}
   server {{
     listen 127.0.0.1:{ngx} backlog=4096;
@@ -214,7 +239,9 @@ http {{
       proxy_pass http://up/openai/v1/; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Authorization "{TOKEN}"; proxy_buffering off; proxy_request_buffering off;
     }}
-  }}""", cpu=0)
+  }}""",
+            cpu=0,
+        )
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "FOUNDRY_PROXY_"))
         } | {
@@ -253,10 +280,17 @@ http {{
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     @staticmethod
-    def get(port: int, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    def get(
+        port: int, path: str, method: str = "GET", body: bytes | None = None
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json", "Authorization": "Bearer x"})
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers={"Content-Type": "application/json", "Authorization": "Bearer x"},
+            )
             response = conn.getresponse()
             return response.status, response.read()
         except OSError:
@@ -268,18 +302,35 @@ http {{
 
     def wrk(self, variant: Variant, path: str, connections: int, post: bool) -> dict[str, Any]:
         script = self.tmp / "post.lua"
-        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Write one short sentence about the sea."}]})
+        body = json.dumps(
+            {
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {"role": "user", "content": "Write one short sentence about the sea."}
+                ],
+            }
+        )
         script.write_text(
             'wrk.method = "POST"\n'
             f"wrk.body = [[{body}]]\n"
             'wrk.headers["Content-Type"] = "application/json"\n'
             'wrk.headers["Authorization"] = "Bearer local-dummy"\n'
         )
-        args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(self.mode.seconds))}s", "--timeout", "10s", "--latency"]
+        args = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(self.mode.seconds))}s",
+            "--timeout",
+            "10s",
+            "--latency",
+        ]
         if post:
             args += ["-s", str(script)]
         before = cpu_ticks(variant.pids)
-        out = subprocess.run(pinned(1) + args + [variant.base + path], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            pinned(1) + args + [variant.base + path], capture_output=True, text=True, check=True
+        ).stdout
         used = cpu_ticks(variant.pids) - before
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -292,8 +343,14 @@ http {{
         }
 
     def client(self, *args: str, timeout: float = 300) -> dict[str, Any]:
-        out = subprocess.run(pinned(1) + [self.python, "-m", "bench.clients", *args], capture_output=True,
-                             text=True, check=True, cwd=ROOT, timeout=timeout).stdout
+        out = subprocess.run(
+            [*pinned(1), self.python, "-m", "bench.clients", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            timeout=timeout,
+        ).stdout
         return dict(json.loads(out.strip().splitlines()[-1]))
 
     def hold(self, variant: Variant) -> dict[str, Any]:
@@ -310,7 +367,9 @@ http {{
         sampler.start()
         before, started = cpu_ticks(variant.pids), time.monotonic()
         deadline = mode.hold_events * 0.25 * 4 + 10
-        result = self.client("hold", url, str(mode.hold_streams), str(deadline), timeout=deadline + 30)
+        result = self.client(
+            "hold", url, str(mode.hold_streams), str(deadline), timeout=deadline + 30
+        )
         elapsed = time.monotonic() - started
         done.set()
         sampler.join()
@@ -328,10 +387,18 @@ http {{
 
         out = {}
         for v in variants[1:]:
-            same_json = hashlib.sha256(fetch(v, "/chat/completions", True)).digest() == hashlib.sha256(fetch(variants[0], "/chat/completions", True)).digest()
+            same_json = (
+                hashlib.sha256(fetch(v, "/chat/completions", True)).digest()
+                == hashlib.sha256(fetch(variants[0], "/chat/completions", True)).digest()
+            )
             same_sse = fetch(v, "/stream", False) == fetch(variants[0], "/stream", False)
             slow = fetch(v, "/slow?n=20&delay_ms=5", False)
-            out[v.name] = same_json and same_sse and slow.count(b"data: ") == 21 and slow.endswith(b"data: [DONE]\n\n")
+            out[v.name] = (
+                same_json
+                and same_sse
+                and slow.count(b"data: ") == 21
+                and slow.endswith(b"data: [DONE]\n\n")
+            )
         return out
 
     def run(self) -> dict[str, Any]:
@@ -341,23 +408,47 @@ http {{
             ("chat_c32", lambda v: self.wrk(v, "/chat/completions", 32, True)),
             ("chat_c256", lambda v: self.wrk(v, "/chat/completions", 256, True)),
             ("stream_c32", lambda v: self.wrk(v, "/stream", 32, False)),
-            *[(f"openloop_{rate}", lambda v, r=rate: self.client("openloop", v.base + "/chat/completions", str(r), str(mode.seconds)))
-              for rate in mode.rates],
-            ("sse_seq", lambda v: self.client("sse", v.base + "/slow?n=20&delay_ms=10", str(mode.sse_count))),
+            *[
+                (
+                    f"openloop_{rate}",
+                    lambda v, r=rate: self.client(
+                        "openloop", v.base + "/chat/completions", str(r), str(mode.seconds)
+                    ),
+                )
+                for rate in mode.rates
+            ],
+            (
+                "sse_seq",
+                lambda v: self.client(
+                    "sse", v.base + "/slow?n=20&delay_ms=10", str(mode.sse_count)
+                ),
+            ),
             ("hold", self.hold),
         ]
-        raw: dict[str, dict[str, list[dict[str, Any]]]] = {t: {v.name: [] for v in variants} for t, _ in tests}
+        raw: dict[str, dict[str, list[dict[str, Any]]]] = {
+            t: {v.name: [] for v in variants} for t, _ in tests
+        }
         identical = self.identical(variants)
         for rep in range(mode.reps):
             for name, test in tests:
                 for variant in variants:
-                    print(f"  rep {rep + 1}/{mode.reps} {name:<14} {variant.name}", file=sys.stderr, flush=True)
+                    print(
+                        f"  rep {rep + 1}/{mode.reps} {name:<14} {variant.name}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     raw[name][variant.name].append(test(variant))
                     time.sleep(0.5)
         medians = {
-            test: {v: _median(runs) for v, runs in by_variant.items()} for test, by_variant in raw.items()
+            test: {v: _median(runs) for v, runs in by_variant.items()}
+            for test, by_variant in raw.items()
         }
-        return {"medians": medians, "identical": identical, "idle_rss_mb": self.idle_rss, "raw": raw}
+        return {
+            "medians": medians,
+            "identical": identical,
+            "idle_rss_mb": self.idle_rss,
+            "raw": raw,
+        }
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -371,13 +462,16 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- report ------------------------------------------------------------------------------------
 
+
 def _f(value: Any, digits: int = 0, unit: str = "") -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}{unit}"
 
 
-def report(result: dict[str, Any], mode_name: str) -> tuple[str, list[tuple[str, str, str, bool | None]]]:
+def report(
+    result: dict[str, Any], mode_name: str
+) -> tuple[str, list[tuple[str, str, str, bool | None]]]:
     m = result["medians"]
     d, n, f = "direct", "nginx", "foundry-proxy"
 
@@ -387,48 +481,125 @@ def report(result: dict[str, Any], mode_name: str) -> tuple[str, list[tuple[str,
 
     c32, c256 = m["chat_c32"], m["chat_c256"]
     rows = [
-        ("CPU per small request, c=32 (µs)", "-", _f(c32[n]["cpu_us"]), _f(c32[f]["cpu_us"]),
-         _ratio(c32[f]["cpu_us"], c32[n]["cpu_us"], "x nginx")),
-        ("CPU per small request, c=256 (µs)", "-", _f(c256[n]["cpu_us"]), _f(c256[f]["cpu_us"]),
-         _ratio(c256[f]["cpu_us"], c32[f]["cpu_us"], "x its c=32")),
-        ("req/s, c=32", _f(c32[d]["rps"]), _f(c32[n]["rps"]), _f(c32[f]["rps"]),
-         _ratio(c32[f]["rps"], c32[n]["rps"], " of nginx", pct=True)),
-        ("req/s, c=256", _f(c256[d]["rps"]), _f(c256[n]["rps"]), _f(c256[f]["rps"]),
-         _ratio(c256[f]["rps"], c256[n]["rps"], " of nginx", pct=True)),
-        ("100-event streams/s, c=32", _f(m["stream_c32"][d]["rps"]), _f(m["stream_c32"][n]["rps"]),
-         _f(m["stream_c32"][f]["rps"]), _ratio(m["stream_c32"][f]["rps"], m["stream_c32"][n]["rps"], " of nginx", pct=True)),
-        ("CPU per 100-event stream (µs)", "-", _f(m["stream_c32"][n]["cpu_us"]), _f(m["stream_c32"][f]["cpu_us"]),
-         _ratio(m["stream_c32"][f]["cpu_us"], m["stream_c32"][n]["cpu_us"], "x nginx")),
+        (
+            "CPU per small request, c=32 (µs)",
+            "-",
+            _f(c32[n]["cpu_us"]),
+            _f(c32[f]["cpu_us"]),
+            _ratio(c32[f]["cpu_us"], c32[n]["cpu_us"], "x nginx"),
+        ),
+        (
+            "CPU per small request, c=256 (µs)",
+            "-",
+            _f(c256[n]["cpu_us"]),
+            _f(c256[f]["cpu_us"]),
+            _ratio(c256[f]["cpu_us"], c32[f]["cpu_us"], "x its c=32"),
+        ),
+        (
+            "req/s, c=32",
+            _f(c32[d]["rps"]),
+            _f(c32[n]["rps"]),
+            _f(c32[f]["rps"]),
+            _ratio(c32[f]["rps"], c32[n]["rps"], " of nginx", pct=True),
+        ),
+        (
+            "req/s, c=256",
+            _f(c256[d]["rps"]),
+            _f(c256[n]["rps"]),
+            _f(c256[f]["rps"]),
+            _ratio(c256[f]["rps"], c256[n]["rps"], " of nginx", pct=True),
+        ),
+        (
+            "100-event streams/s, c=32",
+            _f(m["stream_c32"][d]["rps"]),
+            _f(m["stream_c32"][n]["rps"]),
+            _f(m["stream_c32"][f]["rps"]),
+            _ratio(m["stream_c32"][f]["rps"], m["stream_c32"][n]["rps"], " of nginx", pct=True),
+        ),
+        (
+            "CPU per 100-event stream (µs)",
+            "-",
+            _f(m["stream_c32"][n]["cpu_us"]),
+            _f(m["stream_c32"][f]["cpu_us"]),
+            _ratio(m["stream_c32"][f]["cpu_us"], m["stream_c32"][n]["cpu_us"], "x nginx"),
+        ),
     ]
     for rate in MODES[mode_name].rates:
         t = f"openloop_{rate}"
-        rows.append((f"open loop {rate} req/s: p50 / p99 (ms)",
-                     f"{_f(m[t][d]['p50_ms'], 2)} / {_f(m[t][d]['p99_ms'], 2)}",
-                     f"+{_f(added(t, 'p50_ms', n), 2)} / +{_f(added(t, 'p99_ms', n), 2)}",
-                     f"+{_f(added(t, 'p50_ms', f), 2)} / +{_f(added(t, 'p99_ms', f), 2)}", "added vs direct"))
+        rows.append(
+            (
+                f"open loop {rate} req/s: p50 / p99 (ms)",
+                f"{_f(m[t][d]['p50_ms'], 2)} / {_f(m[t][d]['p99_ms'], 2)}",
+                f"+{_f(added(t, 'p50_ms', n), 2)} / +{_f(added(t, 'p99_ms', n), 2)}",
+                f"+{_f(added(t, 'p50_ms', f), 2)} / +{_f(added(t, 'p99_ms', f), 2)}",
+                "added vs direct",
+            )
+        )
     s = m["sse_seq"]
     rows += [
-        ("delayed stream: time to first byte p50 (ms)", _f(s[d]["ttfb_p50_ms"], 2),
-         f"+{_f(added('sse_seq', 'ttfb_p50_ms', n), 2)}", f"+{_f(added('sse_seq', 'ttfb_p50_ms', f), 2)}", "added vs direct"),
-        ("delayed stream: event latency p50 / p99 (ms)", f"{_f(s[d]['event_p50_ms'], 2)} / {_f(s[d]['event_p99_ms'], 2)}",
-         f"{_f(s[n]['event_p50_ms'], 2)} / {_f(s[n]['event_p99_ms'], 2)}",
-         f"{_f(s[f]['event_p50_ms'], 2)} / {_f(s[f]['event_p99_ms'], 2)}", ""),
+        (
+            "delayed stream: time to first byte p50 (ms)",
+            _f(s[d]["ttfb_p50_ms"], 2),
+            f"+{_f(added('sse_seq', 'ttfb_p50_ms', n), 2)}",
+            f"+{_f(added('sse_seq', 'ttfb_p50_ms', f), 2)}",
+            "added vs direct",
+        ),
+        (
+            "delayed stream: event latency p50 / p99 (ms)",
+            f"{_f(s[d]['event_p50_ms'], 2)} / {_f(s[d]['event_p99_ms'], 2)}",
+            f"{_f(s[n]['event_p50_ms'], 2)} / {_f(s[n]['event_p99_ms'], 2)}",
+            f"{_f(s[f]['event_p50_ms'], 2)} / {_f(s[f]['event_p99_ms'], 2)}",
+            "",
+        ),
     ]
     h = m["hold"]
     streams = h[f]["streams"]
     rows += [
-        (f"{streams} slow streams: completed", _f(h[d]["completed"]), _f(h[n]["completed"]), _f(h[f]["completed"]), ""),
-        (f"{streams} slow streams: event p99 (ms)", _f(h[d]["event_p99_ms"], 1), _f(h[n]["event_p99_ms"], 1), _f(h[f]["event_p99_ms"], 1), ""),
-        (f"{streams} slow streams: peak RSS (MB)", "-", _f(h[n]["peak_rss_mb"], 1), _f(h[f]["peak_rss_mb"], 1), ""),
-        (f"{streams} slow streams: CPU (% of a core)", "-", _f(h[n]["cpu_pct"], 1), _f(h[f]["cpu_pct"], 1), ""),
+        (
+            f"{streams} slow streams: completed",
+            _f(h[d]["completed"]),
+            _f(h[n]["completed"]),
+            _f(h[f]["completed"]),
+            "",
+        ),
+        (
+            f"{streams} slow streams: event p99 (ms)",
+            _f(h[d]["event_p99_ms"], 1),
+            _f(h[n]["event_p99_ms"], 1),
+            _f(h[f]["event_p99_ms"], 1),
+            "",
+        ),
+        (
+            f"{streams} slow streams: peak RSS (MB)",
+            "-",
+            _f(h[n]["peak_rss_mb"], 1),
+            _f(h[f]["peak_rss_mb"], 1),
+            "",
+        ),
+        (
+            f"{streams} slow streams: CPU (% of a core)",
+            "-",
+            _f(h[n]["cpu_pct"], 1),
+            _f(h[f]["cpu_pct"], 1),
+            "",
+        ),
         ("idle RSS (MB)", "-", "-", _f(result["idle_rss_mb"], 1), ""),
-        ("bodies byte-identical to direct", "", str(result["identical"].get(n)), str(result["identical"].get(f)), ""),
+        (
+            "bodies byte-identical to direct",
+            "",
+            str(result["identical"].get(n)),
+            str(result["identical"].get(f)),
+            "",
+        ),
     ]
     lines = ["| measure | direct | nginx | foundry-proxy | ratio |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
     targets = _targets(result, mode_name)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {v} | {'yes' if ok else 'no' if ok is False else '-'} |" for t, v, _, ok in targets]
+    lines += [
+        f"| {t} | {v} | {'yes' if ok else 'no' if ok is False else '-'} |"
+        for t, v, _, ok in targets
+    ]
     return "\n".join(lines), targets
 
 
@@ -443,24 +614,75 @@ def _targets(result: dict[str, Any], mode_name: str) -> list[tuple[str, str, str
     f, d = "foundry-proxy", "direct"
     out: list[tuple[str, str, str, bool | None]] = []
 
-    def add(name: str, value: float | None, limit: float, fmt: str, key: str, higher: bool = False) -> None:
+    def add(
+        name: str, value: float | None, limit: float, fmt: str, key: str, higher: bool = False
+    ) -> None:
         ok = None if value is None else (value >= limit if higher else value <= limit)
         out.append((name, "-" if value is None else fmt.format(value), key, ok))
 
     c32, c256 = m["chat_c32"][f]["cpu_us"], m["chat_c256"][f]["cpu_us"]
     add("CPU per small request c=32 <= 200 µs", c32, 200, "{:.0f} µs", "cpu32")
-    add("CPU per small request c=256 <= 1.5x c=32", c256 / c32 if c256 and c32 else None, 1.5, "{:.2f}x", "scale")
+    add(
+        "CPU per small request c=256 <= 1.5x c=32",
+        c256 / c32 if c256 and c32 else None,
+        1.5,
+        "{:.2f}x",
+        "scale",
+    )
     if "openloop_1000" in m:
         ol = m["openloop_1000"]
-        add("open loop 1,000 req/s: added p50 <= 1 ms", ol[f]["p50_ms"] - ol[d]["p50_ms"], 1, "{:+.2f} ms", "ol50")
-        add("open loop 1,000 req/s: added p99 <= 2 ms", ol[f]["p99_ms"] - ol[d]["p99_ms"], 2, "{:+.2f} ms", "ol99")
+        add(
+            "open loop 1,000 req/s: added p50 <= 1 ms",
+            ol[f]["p50_ms"] - ol[d]["p50_ms"],
+            1,
+            "{:+.2f} ms",
+            "ol50",
+        )
+        add(
+            "open loop 1,000 req/s: added p99 <= 2 ms",
+            ol[f]["p99_ms"] - ol[d]["p99_ms"],
+            2,
+            "{:+.2f} ms",
+            "ol99",
+        )
     s = m["sse_seq"]
-    add("added time to first byte <= 1 ms", s[f]["ttfb_p50_ms"] - s[d]["ttfb_p50_ms"], 1, "{:+.2f} ms", "ttfb")
-    add("added per-event latency p50 <= 0.2 ms", s[f]["event_p50_ms"] - s[d]["event_p50_ms"], 0.2, "{:+.2f} ms", "event")
+    add(
+        "added time to first byte <= 1 ms",
+        s[f]["ttfb_p50_ms"] - s[d]["ttfb_p50_ms"],
+        1,
+        "{:+.2f} ms",
+        "ttfb",
+    )
+    add(
+        "added per-event latency p50 <= 0.2 ms",
+        s[f]["event_p50_ms"] - s[d]["event_p50_ms"],
+        0.2,
+        "{:+.2f} ms",
+        "event",
+    )
     h = m["hold"][f]
-    add(f"{h['streams']} slow streams: 100 % complete", 100 * h["completed"] / h["streams"], 100, "{:.1f} %", "done", higher=True)
-    add(f"{h['streams']} slow streams: event p99 <= 20 ms", h["event_p99_ms"], 20, "{:.1f} ms", "hold99")
-    add(f"{h['streams']} slow streams: peak RSS <= 100 MB", h["peak_rss_mb"], 100, "{:.1f} MB", "rss")
+    add(
+        f"{h['streams']} slow streams: 100 % complete",
+        100 * h["completed"] / h["streams"],
+        100,
+        "{:.1f} %",
+        "done",
+        higher=True,
+    )
+    add(
+        f"{h['streams']} slow streams: event p99 <= 20 ms",
+        h["event_p99_ms"],
+        20,
+        "{:.1f} ms",
+        "hold99",
+    )
+    add(
+        f"{h['streams']} slow streams: peak RSS <= 100 MB",
+        h["peak_rss_mb"],
+        100,
+        "{:.1f} MB",
+        "rss",
+    )
     add(f"{h['streams']} slow streams: <= 25 % of a core", h["cpu_pct"], 25, "{:.1f} %", "cpu")
     add("idle RSS <= 40 MB", result["idle_rss_mb"], 40, "{:.1f} MB", "idle")
     if mode_name != "full":
@@ -478,9 +700,15 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         return False
     m = result["medians"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    tests = [("chat_c32", "small request\nc=32"), ("chat_c256", "small request\nc=256"), ("stream_c32", "100-event\nstream")]
+    tests = [
+        ("chat_c32", "small request\nc=32"),
+        ("chat_c256", "small request\nc=256"),
+        ("stream_c32", "100-event\nstream"),
+    ]
     xs = range(len(tests))
-    for offset, (variant, colour) in enumerate((("nginx", "#8da0cb"), ("foundry-proxy", "#fc8d62"))):
+    for offset, (variant, colour) in enumerate(
+        (("nginx", "#8da0cb"), ("foundry-proxy", "#fc8d62"))
+    ):
         values = [m[t][variant]["cpu_us"] or 0 for t, _ in tests]
         left.bar([x + offset * 0.38 for x in xs], values, 0.38, label=variant, color=colour)
     left.set_xticks([x + 0.19 for x in xs], [label for _, label in tests])
@@ -496,7 +724,9 @@ def chart(result: dict[str, Any], path: Path) -> bool:
             fp_vals.append(m[key]["foundry-proxy"][q] - m[key]["direct"][q])
     labels.append("first byte\np50")
     nginx_vals.append(m["sse_seq"]["nginx"]["ttfb_p50_ms"] - m["sse_seq"]["direct"]["ttfb_p50_ms"])
-    fp_vals.append(m["sse_seq"]["foundry-proxy"]["ttfb_p50_ms"] - m["sse_seq"]["direct"]["ttfb_p50_ms"])
+    fp_vals.append(
+        m["sse_seq"]["foundry-proxy"]["ttfb_p50_ms"] - m["sse_seq"]["direct"]["ttfb_p50_ms"]
+    )
     xs2 = range(len(labels))
     right.bar([x for x in xs2], nginx_vals, 0.38, label="nginx", color="#8da0cb")
     right.bar([x + 0.38 for x in xs2], fp_vals, 0.38, label="foundry-proxy", color="#fc8d62")
@@ -510,28 +740,59 @@ def chart(result: dict[str, Any], path: Path) -> bool:
 
 
 def check_tools(install: bool) -> None:
-    missing = [t for t in ("nginx", "wrk", "taskset") if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
+    missing = [
+        t
+        for t in ("nginx", "wrk", "taskset")
+        if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()
+    ]
     if missing and install:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "util-linux"], check=True)
-        missing = [t for t in ("nginx", "wrk") if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "util-linux"], check=True
+        )
+        missing = [
+            t
+            for t in ("nginx", "wrk")
+            if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()
+        ]
     if missing:
-        sys.exit(f"bench needs {', '.join(missing)}: apt-get install nginx-light wrk (or run with --install as root)")
+        sys.exit(
+            f"bench needs {', '.join(missing)}: apt-get install nginx-light wrk (or run with --install as root)"
+        )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition, 300 slow streams (under 2 minutes)")
-    group.add_argument("--tiny", action="store_true", help="a smoke run that only checks the harness works")
+    group.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 s runs, 1 repetition, 300 slow streams (under 2 minutes)",
+    )
+    group.add_argument(
+        "--tiny", action="store_true", help="a smoke run that only checks the harness works"
+    )
     parser.add_argument("--reps", type=int, help="repetitions (default: 3 full, 1 quick)")
-    parser.add_argument("--install", action="store_true", help="apt-get install nginx-light and wrk if missing")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where to write latest.md/.json/.png")
+    parser.add_argument(
+        "--install", action="store_true", help="apt-get install nginx-light and wrk if missing"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="where to write latest.md/.json/.png",
+    )
     args = parser.parse_args()
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     if args.reps:
-        mode = Mode(mode.seconds, args.reps, mode.sse_count, mode.hold_streams, mode.hold_events, mode.rates)
+        mode = Mode(
+            mode.seconds, args.reps, mode.sse_count, mode.hold_streams, mode.hold_events, mode.rates
+        )
     check_tools(args.install)
     bench = Bench(mode, args.out)
     started = time.monotonic()
@@ -550,7 +811,9 @@ def main() -> int:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(header + "\n\n" + table + "\n")
-    (args.out / "latest.json").write_text(json.dumps({"mode": mode_name, "machine": machine, **result}, indent=1))
+    (args.out / "latest.json").write_text(
+        json.dumps({"mode": mode_name, "machine": machine, **result}, indent=1)
+    )
     if chart(result, args.out / "latest.png"):
         print(f"\nchart: {args.out / 'latest.png'}")
     else:

@@ -73,10 +73,17 @@ async def openloop(url: str, rate: float, seconds: float) -> dict[str, Any]:
             tasks.append(asyncio.ensure_future(one(due)))
             n += 1
         await asyncio.gather(*tasks)
-    return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "n": len(latencies), "errors": errors}
+    return {
+        "p50_ms": pct(latencies, 0.5),
+        "p99_ms": pct(latencies, 0.99),
+        "n": len(latencies),
+        "errors": errors,
+    }
 
 
-async def read_stream(http: aiohttp.ClientSession, url: str, ttfb: list[float], events: list[float]) -> bool:
+async def read_stream(
+    http: aiohttp.ClientSession, url: str, ttfb: list[float], events: list[float]
+) -> bool:
     sent = time.monotonic_ns()
     async with http.get(url, headers={"Authorization": "Bearer local-dummy"}) as r:
         if r.status != 200:
@@ -126,12 +133,19 @@ async def hold(url: str, streams: int, deadline: float) -> dict[str, Any]:
         done, pending = await asyncio.wait(tasks, timeout=deadline)
         for task in pending:
             task.cancel()
-        completed = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result())
-    return {"completed": completed, "streams": streams, "event_p99_ms": pct(events, 0.99), "ttfb_p99_ms": pct(ttfb, 0.99)}
+        completed = sum(
+            1 for t in done if not t.cancelled() and t.exception() is None and t.result()
+        )
+    return {
+        "completed": completed,
+        "streams": streams,
+        "event_p99_ms": pct(events, 0.99),
+        "ttfb_p99_ms": pct(ttfb, 0.99),
+    }
 
 
 def main() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop

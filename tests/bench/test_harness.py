@@ -1,0 +1,42 @@
+"""The benchmark harness still starts everything and produces its table (tiny mode).
+
+Figures from a run this short mean nothing and are not judged: this only guards the harness.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ("nginx", "wrk")
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) or Path(f"/usr/sbin/{t}").exists() for t in TOOLS),
+    reason="the benchmark needs nginx and wrk (apt-get install nginx-light wrk; .ci/run does)",
+)
+def test_tiny_benchmark_produces_the_table(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = (tmp_path / "latest.md").read_text()
+    for row in (
+        "CPU per small request, c=32",
+        "req/s, c=256",
+        "delayed stream: time to first byte",
+        "slow streams: completed",
+        "bodies byte-identical to direct |  | True | True |",
+    ):
+        assert row in table, row
+    assert "| foundry-proxy |" in table.splitlines()[2]
