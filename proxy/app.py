@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import httpx2
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.addresses import is_loopback_host
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.forwarding import Forwarder, UpstreamConfig
+from proxy.logs import configure_logging
 from proxy.settings import Settings
 
 
@@ -41,6 +43,20 @@ def _upstream_config(settings: Settings) -> UpstreamConfig:
 
 
 _PROBES = frozenset({"/healthz", "/readyz"})
+
+
+@dataclass(frozen=True)
+class AppFactory:
+    """create_app for a worker process (``--workers N``): picklable, so it can be sent to a
+    freshly spawned process, and it sets up that process's logging before building the app.
+    Each worker holds and refreshes its own token."""
+
+    settings: Settings
+
+    def __call__(self) -> ASGIApp:
+        secret = self.settings.client_secret.get_secret_value()
+        configure_logging(self.settings.log_level, secrets=[secret])
+        return create_app(self.settings)
 
 
 def create_app(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import signal
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         help="FOUNDRY_PROXY_LOG_LEVEL, default info",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port, each with its own token "
+        "(FOUNDRY_PROXY_WORKERS, default 1)",
+    )
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
         default=None,
@@ -62,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("host", "port", "upstream", "log_level", "allow_remote")
+    names = ("host", "port", "upstream", "log_level", "allow_remote", "workers")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
@@ -91,11 +98,37 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _serve_workers(settings: Settings, sock: socket.socket) -> int:
+    """N processes accepting on one socket, supervised by uvicorn (restarts, signals)."""
+    from uvicorn.supervisors import Multiprocess
+
+    from proxy.app import AppFactory
+
+    config = uvicorn.Config(
+        AppFactory(settings),
+        factory=True,
+        workers=settings.workers,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        backlog=2048,
+    )
+    # The supervisor took the worker's run method as `target` in older uvicorn releases.
+    if "target" in inspect.signature(Multiprocess).parameters:
+        supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])  # type: ignore[call-arg]
+    else:
+        supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    return 0
+
+
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGINT/SIGTERM; returns the process exit code."""
     from proxy.app import create_app  # after logging is set up: the app logs while it builds
 
-    app = create_app(settings)
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -128,8 +161,10 @@ def serve(settings: Settings) -> int:
         )
     for warning in settings.warnings():
         log.warning("%s", warning)
+    if settings.workers > 1:
+        return _serve_workers(settings, sock)
     config = uvicorn.Config(
-        app,
+        create_app(settings),
         lifespan="on",
         log_config=None,
         access_log=False,

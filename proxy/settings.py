@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     host: Annotated[str, _env("FOUNDRY_PROXY_HOST")] = "127.0.0.1"
     port: Annotated[int, _env("FOUNDRY_PROXY_PORT"), Field(ge=0, le=65535)] = 8787
     allow_remote: Annotated[bool, _env("FOUNDRY_PROXY_ALLOW_REMOTE")] = False
+    workers: Annotated[int, _env("FOUNDRY_PROXY_WORKERS"), Field(ge=1, le=64)] = 1
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _env("FOUNDRY_PROXY_LOG_LEVEL")
     ] = "info"

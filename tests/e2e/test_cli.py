@@ -136,3 +136,18 @@ def test_sigterm_lets_an_open_stream_finish(fresh_stack: Stack) -> None:
     assert body.endswith(b"data: [DONE]\n\n")
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(proxy.url + "/healthz")
+
+
+def test_workers_share_the_port_and_stop_cleanly(fresh_stack: Stack) -> None:
+    """--workers 2: both processes serve, each with its own token; SIGTERM stops them all."""
+    s = fresh_stack
+    proxy = s.start_proxy("--workers", "2")
+    with httpx2.Client() as client:
+        statuses = {client.get(proxy.url + "/v1/models").status_code for _ in range(40)}
+    assert statuses == {200}
+    deadline = time.monotonic() + 10
+    while len(s.entra.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(s.entra.calls) == 2, "each worker holds its own token"
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert "Started parent process" in proxy.log
