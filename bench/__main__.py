@@ -11,6 +11,7 @@ CPU per request comes from /proc (user + system time of the proxy's processes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -65,12 +66,15 @@ class Mode:
     hold_streams: int  # concurrent slow streams
     hold_events: int  # events per slow stream, 250 ms apart
     rates: tuple[int, ...] = (200, 1000)
+    workers: bool = True  # also measure --workers 2 against one worker
 
 
 MODES = {
-    "full": Mode(seconds=6, reps=3, sse_count=30, hold_streams=1000, hold_events=40),
+    "full": Mode(seconds=6, reps=3, sse_count=60, hold_streams=1000, hold_events=40),
     "quick": Mode(seconds=2, reps=1, sse_count=10, hold_streams=300, hold_events=8),
-    "tiny": Mode(seconds=1, reps=1, sse_count=2, hold_streams=20, hold_events=2, rates=(200,)),
+    "tiny": Mode(
+        seconds=1, reps=1, sse_count=2, hold_streams=20, hold_events=2, rates=(200,), workers=False
+    ),
 }
 
 
@@ -81,6 +85,9 @@ def free_port() -> int:
 
 
 def pinned(cpu: int) -> list[str]:
+    """taskset prefix for one CPU; none for cpu -1 (or on a single-CPU machine)."""
+    if cpu < 0:
+        return []
     return (
         ["taskset", "-c", str(cpu)]
         if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
@@ -253,6 +260,7 @@ http {{
             "FOUNDRY_PROXY_LOG_LEVEL": "warning",
             "FOUNDRY_PROXY_POOL_SIZE": "4096",
         }
+        self.proxy_env = env
         proxy = self.spawn([self.python, "-m", "proxy", "--port", str(fp)], 0, env)
         for port in (up, slow, entra, ngx, fp):
             wait_port(port)
@@ -300,7 +308,15 @@ http {{
 
     # -- measurements ------------------------------------------------------------------------
 
-    def wrk(self, variant: Variant, path: str, connections: int, post: bool) -> dict[str, Any]:
+    def wrk(
+        self,
+        variant: Variant,
+        path: str,
+        connections: int,
+        post: bool,
+        cpu: int = 1,
+        threads: int = 1,
+    ) -> dict[str, Any]:
         script = self.tmp / "post.lua"
         body = json.dumps(
             {
@@ -378,6 +394,28 @@ http {{
         result["cpu_pct"] = 100 * used / TICK / elapsed if variant.pids else None
         return result
 
+    def workers_scaling(self, single: Variant) -> dict[str, Any]:
+        """req/s at 64 connections: the pinned one-worker proxy vs two workers on both cores
+        (which then share the cores with wrk and the upstream)."""
+        port = free_port()
+        proc = self.spawn(
+            [self.python, "-m", "proxy", "--port", str(port), "--workers", "2"], -1, self.proxy_env
+        )
+        wait_port(port)
+        deadline = time.monotonic() + 20
+        while self.get(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        double = Variant("foundry-proxy x2", f"http://127.0.0.1:{port}/v1", proc)
+        double.pids = sorted({p for pid in double.pids for p in process_tree(pid)})
+        runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+        for _ in range(self.mode.reps):
+            runs["1"].append(self.wrk(single, "/chat/completions", 64, True, cpu=-1, threads=2))
+            runs["2"].append(self.wrk(double, "/chat/completions", 64, True, cpu=-1, threads=2))
+        proc.terminate()
+        proc.wait(20)
+        return {n: _median(r) for n, r in runs.items()}
+
     def identical(self, variants: list[Variant]) -> dict[str, bool]:
         def fetch(v: Variant, path: str, post: bool) -> bytes:
             port = int(v.base.split(":")[2].split("/")[0])
@@ -439,6 +477,7 @@ http {{
                     )
                     raw[name][variant.name].append(test(variant))
                     time.sleep(0.5)
+        scaling = self.workers_scaling(variants[2]) if mode.workers else None
         medians = {
             test: {v: _median(runs) for v, runs in by_variant.items()}
             for test, by_variant in raw.items()
@@ -447,6 +486,7 @@ http {{
             "medians": medians,
             "identical": identical,
             "idle_rss_mb": self.idle_rss,
+            "workers": scaling,
             "raw": raw,
         }
 
@@ -594,6 +634,15 @@ def report(
     ]
     lines = ["| measure | direct | nginx | foundry-proxy | ratio |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
+    if result.get("workers"):
+        w = result["workers"]
+        lines += [
+            "",
+            "| --workers, wrk -t2 -c64, nothing pinned | req/s | CPU per request (µs) |",
+            "|---|---|---|",
+            f"| 1 worker | {_f(w['1']['rps'])} | {_f(w['1']['cpu_us'])} |",
+            f"| 2 workers | {_f(w['2']['rps'])} ({_ratio(w['2']['rps'], w['1']['rps'], 'x')}) | {_f(w['2']['cpu_us'])} |",
+        ]
     targets = _targets(result, mode_name)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [
@@ -790,9 +839,7 @@ def main() -> int:
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     if args.reps:
-        mode = Mode(
-            mode.seconds, args.reps, mode.sse_count, mode.hold_streams, mode.hold_events, mode.rates
-        )
+        mode = dataclasses.replace(mode, reps=args.reps)
     check_tools(args.install)
     bench = Bench(mode, args.out)
     started = time.monotonic()
