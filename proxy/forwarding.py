@@ -17,23 +17,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from proxy.addresses import host_of_authority, is_loopback_host
 from proxy.credentials.provider import TokenProvider
+from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
-from proxy.replies import send_error
+from proxy.replies import send_error, token_unavailable, too_large, upstream_failed
 from proxy.rewrite import BadTarget, Inbound, map_target, request_headers, response_headers
 
 log = logging.getLogger("foundry_proxy.forward")
 
 # A 401 body worth inspecting is small JSON; never buffer more than this to look at it.
 _INSPECT_LIMIT = 64 * 1024
-# A client that leaves is noticed at most this much later than it leaves (see _Watch).
-_WATCH_AFTER = 0.05
-# openai 2.x/3.x SDKs skip their retry when Retry-After exceeds 120 s.
-_MAX_CLIENT_RETRY_AFTER = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,116 +48,12 @@ class UpstreamConfig:
     allowed_origins: frozenset[str]
 
 
-class _ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
-
-
-class _TooLarge(Exception):
-    """The request body is larger than max_body_bytes."""
-
-
-class _Watch:
-    """Cancels the request's task when the client disconnects, so the upstream is closed.
-
-    Started only once the request body has been read in full: from then on ``receive`` has
-    nothing left to deliver but ``http.disconnect`` (ASGI HTTP spec). The watching task is
-    created only if the exchange lasts longer than _WATCH_AFTER: most non-streamed answers are
-    done by then, and a task per request was a measurable share of the CPU per request.
-    """
-
-    __slots__ = ("finished", "gone", "owner", "receive", "task", "timer")
-
-    def __init__(self, receive: Receive, owner: asyncio.Task[object]) -> None:
-        self.receive = receive
-        self.owner = owner
-        self.finished = False
-        self.gone = False
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        self.timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._spawn)
-
-    def _spawn(self) -> None:
-        if not self.finished:
-            self.task = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-        if not self.finished:
-            self.gone = True
-            self.owner.cancel()
-
-    def stop(self) -> None:
-        self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.task is not None:
-            self.task.cancel()
-
-
-class _Body:
-    """The request body: buffered when small (then it can be replayed), else streamed."""
-
-    __slots__ = ("data", "gone", "length", "max_size", "prefix", "size", "too_large")
-
-    def __init__(self, length: int | None, max_size: int) -> None:
-        self.data: bytes | None = None
-        self.prefix: list[bytes] = []
-        self.length = length
-        self.max_size = max_size
-        self.size = 0
-        self.gone = False
-        self.too_large = False
-
-    def _take(self, message: Message) -> bytes:
-        if message["type"] == "http.disconnect":
-            self.gone = True
-            raise _ClientGone
-        chunk: bytes = message.get("body", b"")
-        self.size += len(chunk)
-        if self.size > self.max_size:
-            self.too_large = True
-            raise _TooLarge
-        return chunk
-
-    async def read_start(self, receive: Receive, replay_limit: int) -> None:
-        """Read up to ``replay_limit`` bytes; a body that ends by then is kept whole."""
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunk = self._take(message)
-            if chunk:
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                self.data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                return
-            if self.size > replay_limit:
-                self.prefix = chunks
-                return
-
-    async def stream(self, receive: Receive, watch: _Watch) -> AsyncIterator[bytes]:
-        """The rest of a body too large to keep, as the client sends it."""
-        for chunk in self.prefix:
-            yield chunk
-        self.prefix = []
-        while True:
-            message = await receive()
-            chunk = self._take(message)
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                watch.start()
-                return
-
-
 @dataclass(slots=True)
 class _Request:
     method: str
     url: URL
     headers: list[tuple[str, str]]
-    body: _Body
+    body: Body
     token: str
     token_scope: str
 
@@ -220,12 +113,12 @@ class Forwarder:
         headers, length = inbound.headers, inbound.length
         token_scope = self._config.projects_scope if target.projects else self._config.scope
         if length is not None and length > self._config.max_body_bytes:
-            await _too_large(send, self._config.max_body_bytes)
+            await too_large(send, self._config.max_body_bytes)
             return
         owner = asyncio.current_task()
         assert owner is not None
-        watch = _Watch(receive, owner)
-        body = _Body(length, self._config.max_body_bytes)
+        watch = Watch(receive, owner)
+        body = Body(length, self._config.max_body_bytes)
         try:
             await body.read_start(receive, self._config.replay_body_limit)
             if body.data is not None:
@@ -235,17 +128,17 @@ class Forwarder:
                 try:
                     token = await self._tokens.token(token_scope)
                 except CredentialError as err:
-                    await _token_unavailable(send, err)
+                    await token_unavailable(send, err)
                     return
             if watch.gone:
                 return
             url = URL(self._origin + target.path_qs, encoded=True)
             request = _Request(scope["method"], url, headers, body, token, token_scope)
             await self._exchange(request, receive, send, watch)
-        except _ClientGone:
+        except ClientGone:
             log.debug("client disconnected during the request body")
-        except _TooLarge:
-            await _too_large(send, self._config.max_body_bytes)
+        except TooLarge:
+            await too_large(send, self._config.max_body_bytes)
         except asyncio.CancelledError:
             if watch.gone and owner.uncancel() == 0:
                 log.debug("client disconnected; upstream request closed")
@@ -281,7 +174,7 @@ class Forwarder:
         return None
 
     async def _exchange(
-        self, request: _Request, receive: Receive, send: Send, watch: _Watch
+        self, request: _Request, receive: Receive, send: Send, watch: Watch
     ) -> None:
         session = self._session
         assert session is not None, "Forwarder.start() was not awaited"
@@ -304,10 +197,10 @@ class Forwarder:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if body.gone:
-                    raise _ClientGone from None
+                    raise ClientGone from None
                 if body.too_large:
-                    raise _TooLarge from None
-                await _upstream_failed(send, exc, self._origin)
+                    raise TooLarge from None
+                await upstream_failed(send, exc, self._origin)
                 return
             complete = False
             try:
@@ -315,7 +208,7 @@ class Forwarder:
                     try:
                         retry, early = await _token_rejected(response)
                     except (aiohttp.ClientError, TimeoutError) as exc:
-                        await _upstream_failed(send, exc, self._origin)
+                        await upstream_failed(send, exc, self._origin)
                         return
                     if retry and body.data is not None:
                         fresh = await self._tokens.refreshed(request.token_scope, token)
@@ -415,56 +308,3 @@ async def _relay(send: Send, response: aiohttp.ClientResponse) -> bool:
             "upstream response broke off (%s); closing the client connection", type(exc).__name__
         )
         return False
-
-
-async def _upstream_failed(
-    send: Send, exc: aiohttp.ClientError | TimeoutError, origin: str
-) -> None:
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        await send_error(send, 504, "upstream_timeout", f"{origin} did not answer in time")
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        await send_error(
-            send,
-            502,
-            "upstream_tls_error",
-            f"TLS with {origin} failed: if a corporate proxy inspects TLS, "
-            "point SSL_CERT_FILE at its CA bundle",
-        )
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        await send_error(
-            send, 502, "upstream_dns_error", f"the upstream host of {origin} could not be resolved"
-        )
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        await send_error(send, 502, "upstream_unreachable", f"could not connect to {origin}")
-    else:
-        log.warning("upstream request failed: %s", type(exc).__name__)
-        await send_error(
-            send, 502, "upstream_error", f"the connection to {origin} failed ({type(exc).__name__})"
-        )
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    await send_error(
-        send,
-        413,
-        "request_too_large",
-        f"the request body is larger than {limit} bytes (FOUNDRY_PROXY_MAX_BODY_BYTES)",
-        # The unread rest of the body makes the connection unusable for another request.
-        [(b"connection", b"close")],
-    )
-
-
-async def _token_unavailable(send: Send, err: CredentialError) -> None:
-    message = f"foundry-proxy has no Entra ID token: {err.code}: {err.message}"
-    if err.hint:
-        message += f". Fix: {err.hint}"
-    headers: list[tuple[bytes, bytes]] = []
-    if err.permanent:
-        # Retrying cannot help until the configuration changes.
-        headers.append((b"x-should-retry", b"false"))
-    else:
-        wait = (
-            5 if err.retry_after is None else min(_MAX_CLIENT_RETRY_AFTER, int(err.retry_after) + 1)
-        )
-        headers.append((b"retry-after", str(wait).encode()))
-    await send_error(send, 503, "token_unavailable", message, headers)

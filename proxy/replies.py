@@ -1,4 +1,5 @@
-"""Responses the proxy makes itself, in the OpenAI error shape SDKs already parse.
+"""Responses the proxy makes itself, in the OpenAI error shape SDKs already parse, and the
+mapping of upstream and token failures onto them.
 
 ``{"error": {"message", "type", "code", "param"}}``: the openai SDKs surface ``message`` and
 ``code`` to the caller, so these say what went wrong and what fixes it.
@@ -7,9 +8,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from types import MappingProxyType
 
+import aiohttp
 from starlette.types import Send
+
+from proxy.errors import CredentialError
 
 _TYPES = MappingProxyType(
     {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error"}
@@ -39,3 +44,60 @@ async def send_error(
         headers += extra_headers
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+log = logging.getLogger("foundry_proxy.forward")
+
+# openai 2.x/3.x SDKs skip their retry when Retry-After exceeds 120 s.
+MAX_CLIENT_RETRY_AFTER = 120
+
+
+async def upstream_failed(send: Send, exc: aiohttp.ClientError | TimeoutError, origin: str) -> None:
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        await send_error(send, 504, "upstream_timeout", f"{origin} did not answer in time")
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        await send_error(
+            send,
+            502,
+            "upstream_tls_error",
+            f"TLS with {origin} failed: if a corporate proxy inspects TLS, "
+            "point SSL_CERT_FILE at its CA bundle",
+        )
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        await send_error(
+            send, 502, "upstream_dns_error", f"the upstream host of {origin} could not be resolved"
+        )
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        await send_error(send, 502, "upstream_unreachable", f"could not connect to {origin}")
+    else:
+        log.warning("upstream request failed: %s", type(exc).__name__)
+        await send_error(
+            send, 502, "upstream_error", f"the connection to {origin} failed ({type(exc).__name__})"
+        )
+
+
+async def too_large(send: Send, limit: int) -> None:
+    await send_error(
+        send,
+        413,
+        "request_too_large",
+        f"the request body is larger than {limit} bytes (FOUNDRY_PROXY_MAX_BODY_BYTES)",
+        # The unread rest of the body makes the connection unusable for another request.
+        [(b"connection", b"close")],
+    )
+
+
+async def token_unavailable(send: Send, err: CredentialError) -> None:
+    message = f"foundry-proxy has no Entra ID token: {err.code}: {err.message}"
+    if err.hint:
+        message += f". Fix: {err.hint}"
+    headers: list[tuple[bytes, bytes]] = []
+    if err.permanent:
+        # Retrying cannot help until the configuration changes.
+        headers.append((b"x-should-retry", b"false"))
+    else:
+        wait = (
+            5 if err.retry_after is None else min(MAX_CLIENT_RETRY_AFTER, int(err.retry_after) + 1)
+        )
+        headers.append((b"retry-after", str(wait).encode()))
+    await send_error(send, 503, "token_unavailable", message, headers)

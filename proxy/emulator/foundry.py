@@ -22,11 +22,19 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from proxy.emulator.content import (
+    DEPLOYMENTS,
+    answer_text,
+    embedding,
+    emulated_model,
+    last_user_text,
+    multipart_file,
+    token_pieces,
+)
 from proxy.emulator.tokens import TokenIssuer
 
 COGNITIVE = "https://cognitiveservices.azure.com"
 AI = "https://ai.azure.com"
-DEPLOYMENTS = ("emulated-gpt-4o-mini", "emulated-text-embedding-3-small", "emulated-whisper")
 ENTRA_401_MESSAGE = (
     "Unauthorized. Access token is missing, invalid, audience is incorrect "
     "(https://cognitiveservices.azure.com), or have expired."
@@ -87,66 +95,6 @@ def json_reply(
     body = json.dumps(payload).encode()
     base = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return status, base + (headers or []), body
-
-
-def _model(requested: str | None) -> str:
-    name = requested or DEPLOYMENTS[0]
-    return name if name.startswith("emulated-") else f"emulated-{name}"
-
-
-def _last_user_text(request: dict[str, Any]) -> str:
-    messages = request.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, str):
-                    return content
-                if isinstance(content, list):
-                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    given = request.get("input")
-    if isinstance(given, str):
-        return given
-    if isinstance(given, list):
-        return _last_user_text({"messages": given})
-    return ""
-
-
-def answer_text(model: str, prompt: str) -> str:
-    said = " ".join(prompt.split())[:200] or "nothing"
-    return f"Hello from the foundry-proxy emulator ({model}). You said: {said}"
-
-
-def _pieces(text: str) -> list[str]:
-    """Split into word-sized tokens, keeping the spaces, as a model would stream them."""
-    words = text.split(" ")
-    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-
-
-def _embedding(text: str, dimensions: int) -> list[float]:
-    digest = b""
-    counter = 0
-    while len(digest) < dimensions:
-        digest += hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        counter += 1
-    raw = [(b - 127.5) / 127.5 for b in digest[:dimensions]]
-    norm = sum(v * v for v in raw) ** 0.5 or 1.0
-    return [round(v / norm, 6) for v in raw]
-
-
-def multipart_file(body: bytes, content_type: str) -> tuple[str, bytes] | None:
-    """The ``file`` part of a multipart/form-data body: (filename, bytes)."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        return None
-    for part in body.split(b"--" + match.group(1).encode()):
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if sep and b'name="file"' in head:
-            name = re.search(rb'filename="([^"]*)"', head)
-            return (
-                name.group(1).decode("utf-8", "replace") if name else "file"
-            ), data.removesuffix(b"\r\n")
-    return None
 
 
 class EmulatedFoundry:
@@ -324,10 +272,10 @@ class EmulatedFoundry:
         self, request: EmuRequest, deployment: str | None, receive: Receive, send: Send
     ) -> None:
         payload = request.json()
-        model = _model(deployment or payload.get("model"))
-        text = self.answer_for(request, model, _last_user_text(payload))
-        pieces = _pieces(text)
-        prompt_tokens = max(1, len(_last_user_text(payload).split()))
+        model = emulated_model(deployment or payload.get("model"))
+        text = self.answer_for(request, model, last_user_text(payload))
+        pieces = token_pieces(text)
+        prompt_tokens = max(1, len(last_user_text(payload).split()))
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(pieces),
@@ -401,12 +349,12 @@ class EmulatedFoundry:
 
     async def responses(self, request: EmuRequest, receive: Receive, send: Send) -> None:
         payload = request.json()
-        model = _model(payload.get("model"))
-        text = self.answer_for(request, model, _last_user_text(payload))
-        pieces = _pieces(text)
+        model = emulated_model(payload.get("model"))
+        text = self.answer_for(request, model, last_user_text(payload))
+        pieces = token_pieces(text)
         rid, mid = f"resp_emulated_{uuid.uuid4().hex[:16]}", f"msg_emulated_{uuid.uuid4().hex[:16]}"
         usage = {
-            "input_tokens": max(1, len(_last_user_text(payload).split())),
+            "input_tokens": max(1, len(last_user_text(payload).split())),
             "output_tokens": len(pieces),
         }
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
@@ -488,7 +436,7 @@ class EmulatedFoundry:
         size = dimensions if isinstance(dimensions, int) and 0 < dimensions <= 3072 else 16
         data = []
         for index, item in enumerate(inputs):
-            vector = _embedding(str(item), size)
+            vector = embedding(str(item), size)
             encoded: Any = vector
             if payload.get("encoding_format") == "base64":
                 encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
@@ -497,7 +445,7 @@ class EmulatedFoundry:
         answer = {
             "object": "list",
             "data": data,
-            "model": _model(deployment or payload.get("model") or DEPLOYMENTS[1]),
+            "model": emulated_model(deployment or payload.get("model") or DEPLOYMENTS[1]),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         await self.reply(send, request, *json_reply(200, answer, self._headers()))

@@ -9,7 +9,7 @@ import time
 import pytest
 from openai import AzureOpenAI
 
-from proxy.emulator.foundry import DEPLOYMENTS
+from proxy.emulator.content import DEPLOYMENTS
 from tests.e2e.stack import Stack, openai_client
 
 pytestmark = pytest.mark.e2e
