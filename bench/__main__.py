@@ -11,6 +11,7 @@ CPU per request comes from /proc (user + system time of the proxy's processes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import http.client
@@ -20,6 +21,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -167,6 +169,8 @@ class Bench:
             pinned(cpu) + args,
             cwd=ROOT,
             env=env,
+            # Its own process group, so stop() also reaches what it forks (--workers).
+            start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / f"{Path(args[0]).name}-{len(self.procs)}.log", "wb"),  # noqa: SIM115
         )
@@ -279,12 +283,15 @@ http {{
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     @staticmethod
@@ -314,8 +321,6 @@ http {{
         path: str,
         connections: int,
         post: bool,
-        cpu: int = 1,
-        threads: int = 1,
     ) -> dict[str, Any]:
         script = self.tmp / "post.lua"
         body = json.dumps(
@@ -395,8 +400,8 @@ http {{
         return result
 
     def workers_scaling(self, single: Variant) -> dict[str, Any]:
-        """req/s at 64 connections: the pinned one-worker proxy vs two workers on both cores
-        (which then share the cores with wrk and the upstream)."""
+        """req/s at 64 connections: the one-worker proxy pinned to CPU 0 vs two workers free to
+        use both cores (so they share CPU 1 with wrk and the upstream)."""
         port = free_port()
         proc = self.spawn(
             [self.python, "-m", "proxy", "--port", str(port), "--workers", "2"], -1, self.proxy_env
@@ -410,9 +415,9 @@ http {{
         double.pids = sorted({p for pid in double.pids for p in process_tree(pid)})
         runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
         for _ in range(self.mode.reps):
-            runs["1"].append(self.wrk(single, "/chat/completions", 64, True, cpu=-1, threads=2))
-            runs["2"].append(self.wrk(double, "/chat/completions", 64, True, cpu=-1, threads=2))
-        proc.terminate()
+            runs["1"].append(self.wrk(single, "/chat/completions", 64, True))
+            runs["2"].append(self.wrk(double, "/chat/completions", 64, True))
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
         return {n: _median(r) for n, r in runs.items()}
 
@@ -625,6 +630,13 @@ def report(
         ),
         ("idle RSS (MB)", "-", "-", _f(result["idle_rss_mb"], 1), ""),
         (
+            "failed or non-2xx requests (all tests)",
+            _f(_errors(m, d)),
+            _f(_errors(m, n)),
+            _f(_errors(m, f)),
+            "",
+        ),
+        (
             "bodies byte-identical to direct",
             "",
             str(result["identical"].get(n)),
@@ -638,7 +650,7 @@ def report(
         w = result["workers"]
         lines += [
             "",
-            "| --workers, wrk -t2 -c64, nothing pinned | req/s | CPU per request (µs) |",
+            "| --workers (wrk -t1 -c64 on CPU 1; one worker pinned to CPU 0, two free to use both) | req/s | CPU per request (µs) |",
             "|---|---|---|",
             f"| 1 worker | {_f(w['1']['rps'])} | {_f(w['1']['cpu_us'])} |",
             f"| 2 workers | {_f(w['2']['rps'])} ({_ratio(w['2']['rps'], w['1']['rps'], 'x')}) | {_f(w['2']['cpu_us'])} |",
@@ -650,6 +662,10 @@ def report(
         for t, v, _, ok in targets
     ]
     return "\n".join(lines), targets
+
+
+def _errors(medians: dict[str, Any], variant: str) -> float:
+    return sum(by_variant[variant].get("errors") or 0 for by_variant in medians.values())
 
 
 def _ratio(a: float | None, b: float | None, suffix: str, pct: bool = False) -> str:

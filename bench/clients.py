@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import resource
 import sys
 import time
@@ -34,7 +35,8 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    # Nearest-rank: the smallest value with at least q of the samples at or below it.
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def session() -> aiohttp.ClientSession:
@@ -44,23 +46,29 @@ def session() -> aiohttp.ClientSession:
 
 async def openloop(url: str, rate: float, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
+    lags: list[float] = []
     errors = 0
     warmup = 1.0 if seconds > 2 else 0.2
+    start = 0.0
 
     async def one(at: float) -> None:
         nonlocal errors
-        sent = time.perf_counter()
+        # Timed from when the request was due, not from when this task got to run: a client
+        # that falls behind must show it in the latency (coordinated omission otherwise).
+        due = start + at
+        lag = time.perf_counter() - due
         try:
             async with http.post(url, data=BODY, headers=HEADERS) as r:
                 await r.read()
                 if r.status != 200:
                     errors += 1
                     return
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):
             errors += 1
             return
         if at >= warmup:
-            latencies.append((time.perf_counter() - sent) * 1000)
+            latencies.append((time.perf_counter() - due) * 1000)
+            lags.append(lag * 1000)
 
     async with session() as http:
         start = time.perf_counter()
@@ -76,6 +84,7 @@ async def openloop(url: str, rate: float, seconds: float) -> dict[str, Any]:
     return {
         "p50_ms": pct(latencies, 0.5),
         "p99_ms": pct(latencies, 0.99),
+        "send_lag_p99_ms": pct(lags, 0.99),
         "n": len(latencies),
         "errors": errors,
     }

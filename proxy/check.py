@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import socket
 import ssl
@@ -140,7 +141,13 @@ def _token_failure(err: CredentialError) -> Step:
         "malformed_token_response": "AZURE_AUTHORITY_HOST must be an Entra login host such as "
         "https://login.microsoftonline.com (a proxy or portal may have answered instead)",
     }
-    fix = err.hint or fixes.get(err.code, "see the Entra error code in the Microsoft docs")
+    fix = err.hint or fixes.get(err.code, "")
+    if not fix and err.code.startswith("http_3"):
+        fix = (
+            "something redirected the token request: AZURE_AUTHORITY_HOST must be the Entra "
+            "login host itself, e.g. https://login.microsoftonline.com"
+        )
+    fix = fix or "look the error code up in Microsoft's Entra error code reference"
     return Step(
         "token",
         "fail",
@@ -161,7 +168,11 @@ def _describe_claims(token: str, scope: str) -> Step:
     expected = scope_resource(scope)
     audience = str(claims.get("aud", ""))
     exp = claims.get("exp")
-    left = int(float(exp) - time.time()) if isinstance(exp, int | float) else None
+    left = (
+        int(float(exp) - time.time())
+        if isinstance(exp, int | float) and math.isfinite(float(exp)) and abs(float(exp)) < 1e12
+        else None
+    )
     details = {
         "fingerprint": print_id,
         "audience": audience,
@@ -189,18 +200,29 @@ def _describe_claims(token: str, scope: str) -> Step:
     return Step("token contents", "warn", summary, cause=cause, fix=fix, details=details)
 
 
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+def _shown(text: object, limit: int = 300) -> str:
+    """Upstream text fit to print: any bearer token removed first, then shortened.
+
+    An upstream or gateway may echo the request, Authorization header included.
+    """
+    return _BEARER.sub(r"\1[token]", str(text))[:limit]
+
+
 def _error_code(response: httpx2.Response) -> tuple[str, str]:
     try:
         body = response.json()
     except ValueError:
-        return "", response.text[:200]
+        return "", _shown(response.text, 200)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
-            return str(error.get("code", "")), str(error.get("message", ""))[:300]
+            return str(error.get("code", "")), _shown(error.get("message", ""))
         if "statusCode" in body:
-            return "entra_token_rejected", str(body.get("message", ""))[:300]
-    return "", str(body)[:200]
+            return "entra_token_rejected", _shown(body.get("message", ""))
+    return "", _shown(body, 200)
 
 
 def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) -> Step:
@@ -209,11 +231,33 @@ def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) ->
     details = {"url": url, "status": status, "code": code}
     if status == 200:
         try:
-            count = len(response.json().get("data", []))
-        except (ValueError, AttributeError):
-            count = 0
+            body = response.json()
+        except ValueError:
+            body = None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            return Step(
+                "data plane",
+                "fail",
+                f"GET {url} -> 200, but not a models list",
+                cause="something other than a Foundry / Azure OpenAI endpoint answered (a "
+                "sign-in page of a corporate proxy, a different service)",
+                fix="check FOUNDRY_PROXY_UPSTREAM; behind a proxy that intercepts traffic, ask "
+                "for this host to be allowed through",
+                details=details,
+            )
         return Step(
-            "data plane", "ok", f"GET {url} -> 200 ({count} models visible)", details=details
+            "data plane", "ok", f"GET {url} -> 200 ({len(data)} models visible)", details=details
+        )
+    if 300 <= status < 400:
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url} -> {status} redirect",
+            cause=f"the endpoint redirects to {response.headers.get('location', 'elsewhere')}; "
+            "the proxy never follows redirects with the token",
+            fix="set FOUNDRY_PROXY_UPSTREAM to the resource endpoint itself (Keys and Endpoint)",
+            details=details,
         )
     if status == 401 and code == "PermissionDenied":
         return Step(
@@ -277,7 +321,15 @@ def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) ->
     )
 
 
-def _transport_failure(exc: httpx2.TransportError, url: str) -> Step:
+def _transport_failure(exc: httpx2.RequestError, url: str) -> Step:
+    if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url}: no answer in time",
+            cause="connected, but the upstream did not answer within FOUNDRY_PROXY_TOKEN_TIMEOUT",
+            fix="try again; if it persists, check the resource's health in the Azure portal",
+        )
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, socket.gaierror):
@@ -308,8 +360,9 @@ async def run_checks(env_file: Path | None) -> Report:
     if settings is None:
         return report
     timeout = httpx2.Timeout(settings.token_timeout, connect=min(10.0, settings.connect_timeout))
+    tls = ssl.create_default_context()  # honours SSL_CERT_FILE, like the proxy itself
     async with httpx2.AsyncClient(
-        timeout=timeout, follow_redirects=False, trust_env=settings.trust_env
+        timeout=timeout, follow_redirects=False, trust_env=settings.trust_env, verify=tls
     ) as http:
         credential = ClientCredentials(
             authority_host=settings.authority_host,
@@ -332,21 +385,35 @@ async def run_checks(env_file: Path | None) -> Report:
         )
         report.add(_describe_claims(token.token, settings.scope))
         url = f"{settings.upstream}/openai/v1/models"
-        try:
-            response = await http.get(url, headers={"Authorization": f"Bearer {token.token}"})
-        except httpx2.TransportError as exc:
-            report.add(_transport_failure(exc, url))
-            return report
-        step = _data_plane_step(response, url, settings)
+        step = await _call(http, url, token.token, settings)
         if step.details.get("status") == 404:
             # Older resources may not serve the v1 API; the dated one proves the setup as well.
             dated = f"{settings.upstream}/openai/models?api-version=2024-10-21"
-            with_dated = await http.get(dated, headers={"Authorization": f"Bearer {token.token}"})
-            if with_dated.status_code == 200:
-                step = _data_plane_step(with_dated, dated, settings)
-                step.summary += " (the v1 API answered 404; the dated API works)"
+            dated_step = await _call(http, dated, token.token, settings)
+            if dated_step.details.get("status") != 404:
+                dated_step.summary += " (the v1 API answered 404)"
+                step = dated_step
         report.add(step)
     return report
+
+
+async def _call(http: httpx2.AsyncClient, url: str, token: str, settings: Settings) -> Step:
+    try:
+        response = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+    except httpx2.RequestError as exc:
+        return _transport_failure(exc, url)
+    except UnicodeEncodeError:
+        return Step(
+            "data plane",
+            "fail",
+            f"GET {url}: the token is not plain ASCII",
+            cause="the token service returned an unusable token",
+            fix="check AZURE_AUTHORITY_HOST",
+        )
+    step = _data_plane_step(response, url, settings)
+    # Belt and braces: the token itself, however an echo framed it.
+    step.cause = step.cause.replace(token, "[token]")
+    return step
 
 
 _MARKS = MappingProxyType({"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]", "skip": "[skip]"})

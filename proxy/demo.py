@@ -22,6 +22,7 @@ from proxy.app import create_app
 from proxy.emulator.entra import EmulatedEntra
 from proxy.emulator.foundry import EmulatedFoundry, Faults
 from proxy.emulator.tokens import TokenIssuer
+from proxy.errors import ConfigError
 from proxy.settings import load_settings
 
 log = logging.getLogger("foundry_proxy.emulator")
@@ -152,56 +153,86 @@ async def _run(args: argparse.Namespace) -> int:
     )
     foundry = EmulatedFoundry(issuer, faults)
     entra_sock, foundry_sock = _loopback_socket(), _loopback_socket()
-    entra_url = f"http://127.0.0.1:{entra_sock.getsockname()[1]}"
-    foundry_url = f"http://127.0.0.1:{foundry_sock.getsockname()[1]}"
-    settings = load_settings(
-        upstream=foundry_url,
-        authority_host=entra_url,
-        tenant_id=DEMO_TENANT,
-        client_id=DEMO_CLIENT_ID,
-        client_secret=secret,
-        host="127.0.0.1",
-        port=args.port,
-    )
-    proxy_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    proxy_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sockets = [entra_sock, foundry_sock]
     try:
-        proxy_sock.bind(("127.0.0.1", args.port))
-    except OSError as exc:
-        log.error(
-            "cannot listen on 127.0.0.1:%s: %s (try --port 0)", args.port, exc.strerror or exc
+        entra_url = f"http://127.0.0.1:{entra_sock.getsockname()[1]}"
+        foundry_url = f"http://127.0.0.1:{foundry_sock.getsockname()[1]}"
+        settings = load_settings(
+            upstream=foundry_url,
+            authority_host=entra_url,
+            tenant_id=DEMO_TENANT,
+            client_id=DEMO_CLIENT_ID,
+            client_secret=secret,
+            host="127.0.0.1",
+            port=args.port,
+            # Everything stays on this machine, whatever proxy variables the environment holds.
+            trust_env=False,
         )
-        return 3
-    proxy_url = f"http://127.0.0.1:{proxy_sock.getsockname()[1]}"
+        proxy_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sockets.append(proxy_sock)
+        proxy_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            proxy_sock.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            log.error(
+                "cannot listen on 127.0.0.1:%s: %s (try --port 0)", args.port, exc.strerror or exc
+            )
+            return 3
+        proxy_url = f"http://127.0.0.1:{proxy_sock.getsockname()[1]}"
 
-    emulators = [_server(entra.app, quiet=True), _server(foundry, quiet=True)]
-    tasks = [
-        asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        for server, sock in zip(emulators, (entra_sock, foundry_sock), strict=True)
-    ]
-    proxy = _server(create_app(settings), quiet=False, grace=settings.shutdown_grace)
-    try:
-        while not all(s.started for s in emulators):
-            if any(t.done() for t in tasks):
-                return 3
-            await asyncio.sleep(0.01)
-        log.info("emulated Entra ID on %s, emulated Foundry on %s", entra_url, foundry_url)
-        log.info(
-            "foundry-proxy demo listening on %s -> emulated Foundry %s", proxy_url, foundry_url
-        )
-        print(banner(proxy_url, entra_url, foundry_url, faults, args.token_lifetime), flush=True)
-        await proxy.serve(sockets=[proxy_sock])
+        emulators = [_server(entra.app, quiet=True), _server(foundry, quiet=True)]
+        tasks = [
+            asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+            for server, sock in zip(emulators, (entra_sock, foundry_sock), strict=True)
+        ]
+        proxy = _server(create_app(settings), quiet=False, grace=settings.shutdown_grace)
+        try:
+            while not all(s.started for s in emulators):
+                if any(t.done() for t in tasks):
+                    return 3
+                await asyncio.sleep(0.01)
+            log.info("emulated Entra ID on %s, emulated Foundry on %s", entra_url, foundry_url)
+            log.info(
+                "foundry-proxy demo listening on %s -> emulated Foundry %s", proxy_url, foundry_url
+            )
+            print(
+                banner(proxy_url, entra_url, foundry_url, faults, args.token_lifetime), flush=True
+            )
+            await proxy.serve(sockets=[proxy_sock])
+        finally:
+            for server in emulators:
+                server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return 0 if proxy.started else 3
     finally:
-        for server in emulators:
-            server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return 0 if proxy.started else 3
+        for sock in sockets:
+            sock.close()
+
+
+def problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the demo's own options."""
+    out = []
+    if not 0 <= args.port <= 65535:
+        out.append("--port must be between 0 and 65535")
+    if args.token_lifetime < 1:
+        out.append("--token-lifetime must be at least 1 second")
+    for name in ("token_delay", "first_token_delay", "rate_limit_every", "fail_every"):
+        if getattr(args, name) < 0:
+            out.append(f"--{name.replace('_', '-')} must not be negative")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve the demo until Ctrl-C; returns the exit code."""
+    wrong = problems(args)
+    if wrong:
+        print("foundry-proxy demo: " + "; ".join(wrong), file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_run(args))
+    except ConfigError as exc:
+        print(f"foundry-proxy demo: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         print("stopped", file=sys.stderr)
         return 130

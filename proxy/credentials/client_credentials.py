@@ -78,7 +78,7 @@ class ClientCredentials:
             raise CredentialUnavailable(
                 f"the token request to {self.token_endpoint} timed out", code="token_timeout"
             ) from None
-        except httpx2.TransportError as exc:
+        except httpx2.RequestError as exc:
             if _caused_by(exc, socket.gaierror):
                 raise CredentialUnavailable(
                     f"the login host of {self.token_endpoint} could not be resolved (DNS)",
@@ -101,7 +101,12 @@ class ClientCredentials:
         if response.status_code == 200:
             return parse_token_response(body)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        raise error_from_response(response.status_code, body, retry_after)
+        error = error_from_response(response.status_code, body, retry_after)
+        # Entra never echoes the credential, but whatever answered may not be Entra.
+        for name, value in form.items():
+            if name not in ("grant_type", "client_id", "scope") and value:
+                error.message = error.message.replace(value, "[redacted]")
+        raise error
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the app's lifespan."""

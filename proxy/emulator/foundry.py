@@ -97,6 +97,15 @@ def json_reply(
     return status, base + (headers or []), body
 
 
+def _model_card(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": 1764115200,
+        "owned_by": "foundry-proxy-emulator",
+    }
+
+
 class EmulatedFoundry:
     """The data plane as an ASGI app. Subclasses may add routes or journal requests."""
 
@@ -229,16 +238,10 @@ class EmulatedFoundry:
         elif method == "POST" and operation == "audio/transcriptions":
             await self.transcription(request, deployment, send)
         elif method == "GET" and operation == "models" and deployment is None:
-            data = [
-                {
-                    "id": d,
-                    "object": "model",
-                    "created": 1764115200,
-                    "owned_by": "foundry-proxy-emulator",
-                }
-                for d in DEPLOYMENTS
-            ]
+            data = [_model_card(d) for d in DEPLOYMENTS]
             await self.reply(send, request, *json_reply(200, {"object": "list", "data": data}))
+        elif method == "GET" and operation.startswith("models/") and operation[7:] in DEPLOYMENTS:
+            await self.reply(send, request, *json_reply(200, _model_card(operation[7:])))
         else:
             await self.not_found(request, send)
 
@@ -431,9 +434,25 @@ class EmulatedFoundry:
     async def embeddings(self, request: EmuRequest, deployment: str | None, send: Send) -> None:
         payload = request.json()
         inputs = payload.get("input", [])
-        inputs = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
-        dimensions = payload.get("dimensions")
-        size = dimensions if isinstance(dimensions, int) and 0 < dimensions <= 3072 else 16
+        if isinstance(inputs, str) or (inputs and all(isinstance(i, int) for i in inputs)):
+            inputs = [inputs]  # one text, or one already tokenized input
+        dimensions = payload.get("dimensions", 16)
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not isinstance(dimensions, int)
+            or not 0 < dimensions <= 3072
+        ):
+            problem = {
+                "error": {
+                    "code": "invalid_request",
+                    "message": "'input' must be a non-empty string or array, and "
+                    "'dimensions' between 1 and 3072.",
+                }
+            }
+            await self.reply(send, request, *json_reply(400, problem))
+            return
+        size = dimensions
         data = []
         for index, item in enumerate(inputs):
             vector = embedding(str(item), size)

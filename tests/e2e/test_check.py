@@ -262,3 +262,23 @@ def test_data_plane_refusals_are_explained(
     assert "[FAIL] data plane: GET" in out
     for text in expected:
         assert text in out
+
+
+def test_a_200_that_is_not_a_models_list_is_not_success(stack: Stack, tmp_path: Path) -> None:
+    """A captive portal or another service answering 200 must not pass the check."""
+    stack.foundry.refuse = (200, {"html": "Sign in to the corporate proxy"})
+    code, out = check(stack, tmp_path)
+    assert code == 1
+    assert "not a models list" in out
+
+
+def test_an_upstream_echoing_the_request_does_not_make_check_print_the_token(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stack.foundry.refuse = lambda request: (
+        400,
+        {"error": {"code": "echo", "message": f"you sent {request.header('authorization')}"}},
+    )
+    code, out = check(stack, tmp_path)  # check() itself asserts that no token is printed
+    assert code == 1
+    assert "you sent Bearer [token]" in out

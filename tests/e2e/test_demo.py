@@ -174,3 +174,17 @@ def test_demo_refreshes_short_tokens() -> None:
     finally:
         d.stop()
     assert "not refreshed" not in "".join(d.err)
+
+
+def test_demo_refuses_bad_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "demo", "--port", "70000", "--rate-limit-every", "-1"],
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--port must be between 0 and 65535" in result.stderr
+    assert "--rate-limit-every must not be negative" in result.stderr

@@ -13,6 +13,7 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,10 @@ class FakeFoundry(EmulatedFoundry):
         self.gzip_401 = False
         #: When set, every request is answered with this (status, body): a missing role,
         #: a firewall, a wrong endpoint.
-        self.refuse: tuple[int, dict[str, Any]] | None = None
+        #: A callable gets the request (to echo it, as some gateways do).
+        self.refuse: (
+            tuple[int, dict[str, Any]] | Callable[[EmuRequest], tuple[int, dict[str, Any]]] | None
+        ) = None
 
     def entries(self, path_part: str = "") -> list[Entry]:
         with self._lock:
@@ -80,7 +84,8 @@ class FakeFoundry(EmulatedFoundry):
         with self._lock:
             self.journal.append(entry)
         if self.refuse is not None:
-            await self.reply(send, request, *json_reply(*self.refuse))
+            status, body = self.refuse(request) if callable(self.refuse) else self.refuse
+            await self.reply(send, request, *json_reply(status, body))
             return
         first = request.header("x-fake-first-delay")
         if first and not _EMULATED.match(request.path):

@@ -42,6 +42,11 @@ class RecordingIssuer(TokenIssuer):
             self.revoked.update(self.issued)
 
     def canaries(self) -> list[str]:
-        """Each token whole and its signature alone: neither may appear in a log."""
+        """Token material that may never appear in a log or an answer: each token whole, its
+        signature, and the start of its claims (a shortened token is still a leak)."""
         with self._lock:
-            return [*self.issued, *(t.rsplit(".", 1)[1] for t in self.issued)]
+            return [
+                *self.issued,
+                *(t.rsplit(".", 1)[1] for t in self.issued),
+                *(t.split(".")[1][:32] for t in self.issued),
+            ]
