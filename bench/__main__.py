@@ -157,6 +157,8 @@ class Bench:
         self.mode = mode
         self.out = out
         self.tmp = Path(tempfile.mkdtemp(prefix="foundry-proxy-bench-"))
+        # nginx workers drop to an unprivileged user and must read the SSE body file.
+        self.tmp.chmod(0o755)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.python = sys.executable
 
@@ -426,7 +428,10 @@ http {{
             port = int(v.base.split(":")[2].split("/")[0])
             prefix = "/" + v.base.split("/", 3)[3]
             body = b'{"model":"gpt-4o-mini","messages":[]}' if post else None
-            return self.get(port, prefix + path, "POST" if post else "GET", body)[1]
+            status, content = self.get(port, prefix + path, "POST" if post else "GET", body)
+            if status != 200:
+                raise RuntimeError(f"{v.name} {path} answered {status}: the setup is broken")
+            return content
 
         out = {}
         for v in variants[1:]:

@@ -298,3 +298,15 @@ def test_non_ascii_header_values_arrive_unchanged(stack: Stack) -> None:
     # The journal holds header bytes as latin-1 text: compare the bytes themselves.
     sent = [v.encode("latin-1") for v in stack.foundry.journal[-1].header("x-note")]
     assert sent == ["café".encode()]
+
+
+def test_redirects_are_not_followed(stack: Stack, evil: tuple[_Evil, ServerThread]) -> None:
+    """C30: a 307 to another host goes back to the client; the token never follows it."""
+    app, server = evil
+    target = f"http://127.0.0.2:{server.port}/steal"
+    before = len(stack.foundry.journal)
+    r = httpx2.post(stack.url + f"/v1/redirect?to={target}", json={"model": "m"})
+    assert r.status_code == 307
+    assert r.headers["location"] == target
+    assert app.hits == []
+    assert len(stack.foundry.journal) == before + 1

@@ -161,6 +161,11 @@ class FakeFoundry(EmulatedFoundry):
                 ],
                 b"{}",
             )
+        elif path.endswith("/redirect"):
+            target = request.query.removeprefix("to=").encode()
+            await self.reply(
+                send, request, 307, [(b"location", target), (b"content-length", b"0")], b""
+            )
         elif path.endswith("/denied"):
             denied = {
                 "error": {
