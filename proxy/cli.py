@@ -98,24 +98,28 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,  # logging is ours (logs.py), redaction included
+        access_log=False,
+        server_header=False,
+        # The upstream's Date passes through; proxy-made answers need none.
+        date_header=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        backlog=2048,
+        **extra,
+    )
+
+
 def _serve_workers(settings: Settings, sock: socket.socket) -> int:
     """N processes accepting on one socket, supervised by uvicorn (restarts, signals)."""
     from uvicorn.supervisors import Multiprocess
 
     from proxy.app import AppFactory
 
-    config = uvicorn.Config(
-        AppFactory(settings),
-        factory=True,
-        workers=settings.workers,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
-        backlog=2048,
-    )
+    config = _uvicorn_config(AppFactory(settings), settings, factory=True, workers=settings.workers)
     # The supervisor took the worker's run method as `target` in older uvicorn releases.
     if "target" in inspect.signature(Multiprocess).parameters:
         supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])  # type: ignore[call-arg]
@@ -163,17 +167,7 @@ def serve(settings: Settings) -> int:
         log.warning("%s", warning)
     if settings.workers > 1:
         return _serve_workers(settings, sock)
-    config = uvicorn.Config(
-        create_app(settings),
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # The upstream's Date passes through; proxy-made answers need none.
-        date_header=False,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
-        backlog=2048,
-    )
+    config = _uvicorn_config(create_app(settings), settings)
     server = uvicorn.Server(config)
     _install_drain_handlers()
     server.run(sockets=[sock])
