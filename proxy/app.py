@@ -54,8 +54,7 @@ class AppFactory:
     settings: Settings
 
     def __call__(self) -> ASGIApp:
-        secret = self.settings.client_secret.get_secret_value()
-        configure_logging(self.settings.log_level, secrets=[secret])
+        configure_logging(self.settings.log_level, secrets=self.settings.known_secrets())
         return create_app(self.settings)
 
 

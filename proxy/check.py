@@ -25,7 +25,7 @@ import httpx2
 
 from proxy.addresses import is_loopback_host
 from proxy.credentials.claims import decode_claims, scope_resource
-from proxy.credentials.client_credentials import ClientCredentials, SecretAuth
+from proxy.credentials.factory import credential_from_settings
 from proxy.credentials.provider import fingerprint
 from proxy.errors import ConfigError, CredentialError
 from proxy.settings import Settings, load_settings
@@ -94,7 +94,7 @@ def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
             )
         )
         return None
-    secret = settings.client_secret.get_secret_value().strip()
+    secret = settings.client_secret.get_secret_value().strip() if settings.client_secret else ""
     if _GUID.match(secret):
         report.add(
             Step(
@@ -364,13 +364,7 @@ async def run_checks(env_file: Path | None) -> Report:
     async with httpx2.AsyncClient(
         timeout=timeout, follow_redirects=False, trust_env=settings.trust_env, verify=tls
     ) as http:
-        credential = ClientCredentials(
-            authority_host=settings.authority_host,
-            tenant_id=settings.tenant_id,
-            client_id=settings.client_id,
-            auth=SecretAuth(settings.client_secret),
-            http=http,
-        )
+        credential = credential_from_settings(settings, http)
         try:
             token = await credential.get_token(settings.scope)
         except CredentialError as err:

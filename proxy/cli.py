@@ -141,11 +141,12 @@ def serve(settings: Settings) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log.info(
-        "foundry-proxy %s listening on http://%s:%d -> %s (client secret of app %s in tenant %s)",
+        "foundry-proxy %s listening on http://%s:%d -> %s (%s of app %s in tenant %s)",
         __version__,
         shown,
         port,
         settings.upstream,
+        settings.credential_kind,
         settings.client_id,
         settings.tenant_id,
     )
@@ -227,5 +228,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"foundry-proxy: {exc}", file=sys.stderr)
         print("See config.example.env for every setting.", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(settings.log_level, secrets=[settings.client_secret.get_secret_value()])
+    configure_logging(settings.log_level, secrets=settings.known_secrets())
     return serve(settings)

@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -98,7 +99,10 @@ class Settings(BaseSettings):
     upstream: Annotated[str, _env("FOUNDRY_PROXY_UPSTREAM")]
     tenant_id: Annotated[str, _env("AZURE_TENANT_ID")]
     client_id: Annotated[str, _env("AZURE_CLIENT_ID")]
-    client_secret: Annotated[SecretStr, _env("AZURE_CLIENT_SECRET")]
+    # Exactly one way for the app to prove itself (problems_beyond_fields checks that).
+    client_secret: Annotated[SecretStr | None, _env("AZURE_CLIENT_SECRET")] = None
+    client_secret_file: Annotated[Path | None, _env("AZURE_CLIENT_SECRET_FILE")] = None
+    federated_token_file: Annotated[Path | None, _env("AZURE_FEDERATED_TOKEN_FILE")] = None
     authority_host: Annotated[str, _env("AZURE_AUTHORITY_HOST")] = PUBLIC_AUTHORITY
     scope: Annotated[str, _env("FOUNDRY_PROXY_SCOPE")] = COGNITIVE_SERVICES_SCOPE
     projects_scope: Annotated[str, _env("FOUNDRY_PROXY_PROJECTS_SCOPE")] = AI_PROJECTS_SCOPE
@@ -173,10 +177,27 @@ class Settings(BaseSettings):
 
     @field_validator("client_secret")
     @classmethod
-    def _check_secret(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
+    def _check_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
             raise ValueError("is empty")
         return v
+
+    @field_validator("client_secret_file", "federated_token_file")
+    @classmethod
+    def _check_file(cls, v: Path | None) -> Path | None:
+        # Read again at every token request (rotated secrets, projected tokens); here only
+        # checked to be there, so a typo fails at startup rather than at the first refresh.
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} does not exist or is not a file")
+        return v
+
+    @property
+    def credential_kind(self) -> str:
+        if self.client_secret is not None:
+            return "client secret"
+        if self.client_secret_file is not None:
+            return "client secret file"
+        return "workload identity"
 
     @field_validator("scope", "projects_scope")
     @classmethod
@@ -206,6 +227,21 @@ class Settings(BaseSettings):
     def problems_beyond_fields(self) -> list[str]:
         """Cross-field rules: bind policy."""
         problems = []
+        given = [
+            name
+            for name, value in (
+                ("AZURE_CLIENT_SECRET", self.client_secret),
+                ("AZURE_CLIENT_SECRET_FILE", self.client_secret_file),
+                ("AZURE_FEDERATED_TOKEN_FILE", self.federated_token_file),
+            )
+            if value is not None
+        ]
+        if not given:
+            problems.append(NO_CREDENTIAL)
+        elif len(given) > 1:
+            problems.append(
+                f"{' and '.join(given)}: set only one way for the app to prove its identity"
+            )
         if not is_loopback_host(self.host) and not self.allow_remote:
             problems.append(
                 f"FOUNDRY_PROXY_HOST: {self.host!r} is not a loopback address; anyone who can "
@@ -214,15 +250,51 @@ class Settings(BaseSettings):
             )
         return problems
 
+    def known_secrets(self) -> list[str]:
+        """Secret values known at startup, for the log redactor (a secret file is read once
+        here for that purpose; values rotated in later are caught by the redactor's patterns)."""
+        if self.client_secret is not None:
+            return [self.client_secret.get_secret_value()]
+        if self.client_secret_file is not None:
+            try:
+                return [self.client_secret_file.read_text(encoding="utf-8").strip()]
+            except (OSError, UnicodeDecodeError):
+                return []
+        return []
+
     def warnings(self) -> list[str]:
         """Things that are valid but probably wrong."""
         out = []
-        if _GUID.match(self.client_secret.get_secret_value().strip()):
+        secret = self.client_secret.get_secret_value() if self.client_secret else ""
+        if _GUID.match(secret.strip()):
             out.append(
                 "AZURE_CLIENT_SECRET looks like a GUID: that is usually the secret's ID; "
                 "the proxy needs the secret's Value (shown once, when the secret is created)"
             )
         return out
+
+
+CREDENTIAL_SETTINGS = MappingProxyType(
+    {
+        "client_secret": "AZURE_CLIENT_SECRET",
+        "client_secret_file": "AZURE_CLIENT_SECRET_FILE",
+        "federated_token_file": "AZURE_FEDERATED_TOKEN_FILE",
+    }
+)
+NO_CREDENTIAL = (
+    "AZURE_CLIENT_SECRET: is required (or AZURE_CLIENT_SECRET_FILE, a file holding it, or "
+    "AZURE_FEDERATED_TOKEN_FILE for AKS workload identity)"
+)
+
+
+def _credential_given(file_values: dict[str, str | None], overrides: dict[str, Any]) -> bool:
+    """Whether any credential setting is present, read straight from the sources (used when
+    the settings as a whole did not validate, so every problem is still reported at once)."""
+    environment = {k.upper() for k, v in os.environ.items() if v}
+    return any(
+        overrides.get(field) is not None or env in environment or file_values.get(env)
+        for field, env in CREDENTIAL_SETTINGS.items()
+    )
 
 
 def env_names() -> dict[str, str]:
@@ -262,15 +334,18 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     """
     names = env_names()
     problems: list[str] = []
+    file_values: dict[str, str | None] = {}
     if env_file is not None:
         if not env_file.is_file():
             raise ConfigError([f"--env-file: {env_file} does not exist or is not a file"])
-        keys = [k for k in dotenv_values(env_file) if k]
-        problems += _unknown_keys(keys, set(names.values()), str(env_file))
+        file_values = {k.upper(): v for k, v in dotenv_values(env_file).items() if k}
+        problems += _unknown_keys(list(file_values), set(names.values()), str(env_file))
     try:
         settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems += [_describe(e, names) for e in exc.errors(include_input=False)]
+        if not _credential_given(file_values, overrides):
+            problems.append(NO_CREDENTIAL)
         raise ConfigError(problems) from None
     problems += settings.problems_beyond_fields()
     if problems:

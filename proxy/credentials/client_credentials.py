@@ -6,9 +6,11 @@ now; a signed assertion for certificates and workload identity), so that part is
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 import httpx2
@@ -17,6 +19,8 @@ from pydantic import SecretStr
 from proxy.credentials.base import AccessToken, parse_token_response
 from proxy.credentials.entra_errors import error_from_response, parse_retry_after
 from proxy.errors import CredentialUnavailable
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class ClientAuth(Protocol):
@@ -33,6 +37,49 @@ class SecretAuth:
 
     async def form_fields(self, token_endpoint: str) -> Mapping[str, str]:
         return {"client_secret": self._secret.get_secret_value()}
+
+
+class FileAuth:
+    """A form field read from a file at every token request.
+
+    Kubernetes rotates mounted secrets and projected service-account tokens in place, so the
+    file is read each time (in a thread: file I/O never blocks the event loop), never cached.
+    """
+
+    def __init__(
+        self, path: Path, fields: Callable[[str], Mapping[str, str]], setting: str
+    ) -> None:
+        self._path = path
+        self._fields = fields
+        self._setting = setting
+
+    async def form_fields(self, token_endpoint: str) -> Mapping[str, str]:
+        try:
+            text = await asyncio.to_thread(self._path.read_text, encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CredentialUnavailable(
+                f"could not read {self._setting} ({self._path}): {type(exc).__name__}",
+                code="credential_file_unreadable",
+            ) from None
+        if not text.strip():
+            raise CredentialUnavailable(
+                f"{self._setting} ({self._path}) is empty", code="credential_file_empty"
+            )
+        return self._fields(text.strip())
+
+
+def secret_file_auth(path: Path) -> FileAuth:
+    return FileAuth(path, lambda secret: {"client_secret": secret}, "AZURE_CLIENT_SECRET_FILE")
+
+
+def federated_token_auth(path: Path) -> FileAuth:
+    """Workload identity: the projected service-account token is the client assertion
+    (entra-docs workload identity federation; RFC 7523 jwt-bearer assertion)."""
+    return FileAuth(
+        path,
+        lambda token: {"client_assertion_type": JWT_BEARER, "client_assertion": token},
+        "AZURE_FEDERATED_TOKEN_FILE",
+    )
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

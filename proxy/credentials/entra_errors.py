@@ -35,6 +35,13 @@ HINTS: Mapping[int, str] = MappingProxyType(
         53003: "Conditional Access blocked the token: ask your Entra admin to exclude this "
         "workload identity or to allow its location",
         90055: "Entra is throttling this tenant: the proxy will retry later",
+        **dict.fromkeys(
+            (70021, 700211, 700213, 7002138),
+            "no federated credential on the app matches this service account token: check the "
+            "issuer (the cluster's OIDC issuer URL), the subject "
+            "system:serviceaccount:<namespace>:<name> (case-sensitive) and the audience "
+            "api://AzureADTokenExchange",
+        ),
     }
 )
 

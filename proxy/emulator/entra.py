@@ -20,6 +20,8 @@ from starlette.routing import Route
 
 from proxy.emulator.tokens import TokenIssuer
 
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
 # Resources that exist in every tenant of the public cloud; others get AADSTS500011.
 KNOWN_RESOURCES = frozenset(
     {
@@ -79,6 +81,8 @@ class EmulatedEntra:
         self.secret = secret
         self.token_lifetime = token_lifetime
         self.refresh_in: float | None = None
+        #: The service-account token a federated credential accepts (workload identity).
+        self.federated_assertion: str | None = None
         self.app = Starlette(
             routes=[Route("/{tenant}/oauth2/v2.0/token", self._endpoint, methods=["POST"])]
         )
@@ -109,11 +113,24 @@ class EmulatedEntra:
                 f"Application with identifier '{form.get('client_id', '')}' was not found in "
                 f"the directory '{tenant}'.",
             )
-        if "client_secret" not in form:
+        if "client_assertion" in form:
+            if form.get("client_assertion_type") != JWT_BEARER:
+                return entra_error(400, "invalid_request", 50027, "Invalid client_assertion_type.")
+            if (
+                self.federated_assertion is None
+                or form["client_assertion"] != self.federated_assertion
+            ):
+                return entra_error(
+                    400,
+                    "invalid_client",
+                    700213,
+                    "No matching federated identity record found for presented assertion subject.",
+                )
+        elif "client_secret" not in form:
             return entra_error(
                 401, "invalid_client", 7000218, "The request body must contain client_secret."
             )
-        if form["client_secret"] != self.secret:
+        elif form["client_secret"] != self.secret:
             return entra_error(
                 401,
                 "invalid_client",

@@ -138,3 +138,23 @@ def test_every_setting_is_documented_in_the_example_file() -> None:
 
     example = (Path(__file__).resolve().parents[2] / "config.example.env").read_text()
     assert [n for n in env_names().values() if n not in example] == []
+
+
+def test_exactly_one_way_to_prove_the_app(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    without = {k: v for k, v in GOOD.items() if k != "client_secret"}
+    assert "AZURE_CLIENT_SECRET: is required" in problems(**without)[0]
+    both = problems(**GOOD | {"client_secret_file": str(secret_file)})
+    assert "AZURE_CLIENT_SECRET and AZURE_CLIENT_SECRET_FILE" in both[0]
+    missing = problems(**without | {"federated_token_file": str(tmp_path / "nope")})
+    assert "AZURE_FEDERATED_TOKEN_FILE:" in missing[0]
+    assert "does not exist" in missing[0]
+    s = load_settings(**without | {"client_secret_file": str(secret_file)})
+    assert s.credential_kind == "client secret file"
+    assert s.known_secrets() == ["from-a-file"]
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJ.x.y")
+    assert load_settings(**without | {"federated_token_file": str(token_file)}).credential_kind == (
+        "workload identity"
+    )

@@ -1,0 +1,84 @@
+"""Credentials read from files: a mounted client secret and AKS workload identity.
+
+Both files are read again at every token request, so rotation needs no restart.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _wait(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_secret_file_is_reread_so_rotation_needs_no_restart(
+    fresh_stack: Stack, tmp_path: Path
+) -> None:
+    s = fresh_stack
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text(s.secret + "\n")
+    del s.env["AZURE_CLIENT_SECRET"]
+    s.env["AZURE_CLIENT_SECRET_FILE"] = str(secret_file)
+    s.entra.token_lifetime = 3
+    proxy = s.start_proxy()
+    assert "client secret file" in proxy.log
+    assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+    # Rotate: Entra now knows only the new secret; the file gets it too.
+    rotated = s.secret.replace("CANARY-SECRET-", "CANARY-SECRET-rotated-")
+    s.entra.secret = rotated
+    secret_file.write_text(rotated)
+    calls = len(s.entra.calls)
+    assert _wait(lambda: len(s.entra.calls) > calls and s.entra.calls[-1].status == 200, 6)
+    assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+    assert rotated not in proxy.log
+
+
+def test_workload_identity_exchanges_the_projected_token(
+    fresh_stack: Stack, tmp_path: Path
+) -> None:
+    s = fresh_stack
+    token_file = tmp_path / "azure-identity-token"
+    assertion = (
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphcHAifQ.c2ln"
+    )
+    token_file.write_text(assertion)
+    s.entra.federated_assertion = assertion
+    del s.env["AZURE_CLIENT_SECRET"]
+    s.env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file)
+    proxy = s.start_proxy()
+    assert "workload identity" in proxy.log
+    assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+    assert s.foundry.journal[-1].auth == "ok"
+    assert assertion not in proxy.log
+
+
+def test_workload_identity_mismatch_names_the_federated_credential(
+    fresh_stack: Stack, tmp_path: Path
+) -> None:
+    s = fresh_stack
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.c2ln")
+    s.entra.federated_assertion = "something-else"
+    del s.env["AZURE_CLIENT_SECRET"]
+    s.env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file)
+    s.start_proxy(ready=False)
+    assert _wait(lambda: httpx2.get(s.url + "/readyz").json().get("fix"), 5)
+    ready = httpx2.get(s.url + "/readyz").json()
+    assert "AADSTS700213" in ready["reason"]
+    assert "system:serviceaccount" in ready["fix"]
