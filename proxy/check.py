@@ -59,7 +59,7 @@ TLS_FIX = (
 @dataclass
 class Step:
     name: str
-    status: str  # "ok", "fail", "warn", "skip"
+    status: str  # "ok", "fail" or "warn"
     summary: str
     cause: str = ""
     fix: str = ""
@@ -410,7 +410,7 @@ async def _call(http: httpx2.AsyncClient, url: str, token: str, settings: Settin
     return step
 
 
-_MARKS = MappingProxyType({"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]", "skip": "[skip]"})
+_MARKS = MappingProxyType({"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]"})
 
 
 def render(report: Report) -> str:

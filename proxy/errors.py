@@ -2,10 +2,12 @@
 
 ProxyError
 ├── ConfigError                 bad settings; the CLI exits 2
-├── CredentialError             no token could be had
-│   ├── CredentialUnavailable   could not even try (network, TLS, timeout, Entra 5xx/429)
-│   └── AuthenticationFailed    Entra answered and said no (bad secret, unknown tenant, ...)
-└── UpstreamError               the Foundry endpoint could not be reached or timed out
+└── CredentialError             no token could be had
+    ├── CredentialUnavailable   could not even try (network, TLS, timeout, Entra 5xx/429)
+    └── AuthenticationFailed    Entra answered and said no (bad secret, unknown tenant, ...)
+
+Upstream failures are not exceptions of ours: the forwarder maps aiohttp's straight onto
+OpenAI-shaped 502/504 answers (replies.py).
 
 The split between "could not try" and "tried and failed" decides the retry policy: the first is
 transient, the second is a configuration problem that a quick retry will not fix.
@@ -60,7 +62,3 @@ class AuthenticationFailed(CredentialError):
     """The token service refused the credential: a configuration problem."""
 
     permanent = True
-
-
-class UpstreamError(ProxyError):
-    """The upstream could not be reached, or it did not answer in time."""

@@ -227,15 +227,7 @@ class Settings(BaseSettings):
     def problems_beyond_fields(self) -> list[str]:
         """Cross-field rules: bind policy."""
         problems = []
-        given = [
-            name
-            for name, value in (
-                ("AZURE_CLIENT_SECRET", self.client_secret),
-                ("AZURE_CLIENT_SECRET_FILE", self.client_secret_file),
-                ("AZURE_FEDERATED_TOKEN_FILE", self.federated_token_file),
-            )
-            if value is not None
-        ]
+        given = [env for field, env in CREDENTIAL_SETTINGS.items() if getattr(self, field)]
         if not given:
             problems.append(NO_CREDENTIAL)
         elif len(given) > 1:

@@ -74,7 +74,6 @@ class HeldToken:
     token: str = field(repr=False)
     usable_until: float  # monotonic
     usable_until_wall: float
-    lifetime: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +307,6 @@ class TokenProvider:
             token=token.token,
             usable_until=started + lifetime - margin,
             usable_until_wall=started_wall + lifetime - margin,
-            lifetime=lifetime,
         )
         self._cache[scope] = held
         refresh = lifetime / 2

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -25,6 +26,16 @@ from tests.fakes.tokens import RecordingIssuer
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def clean_environment() -> dict[str, str]:

@@ -5,26 +5,26 @@ Both files are read again at every token request, so rotation needs no restart.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _wait(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
+def _workload_identity(s: Stack, tmp_path: Path, presented: str, accepted: str) -> None:
+    """The pod's projected token holds ``presented``; the app's federated credential accepts
+    ``accepted``; no secret anywhere."""
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text(presented)
+    s.entra.federated_assertion = accepted
+    del s.env["AZURE_CLIENT_SECRET"]
+    s.env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file)
 
 
 def test_secret_file_is_reread_so_rotation_needs_no_restart(
@@ -44,7 +44,7 @@ def test_secret_file_is_reread_so_rotation_needs_no_restart(
     s.entra.secret = rotated
     secret_file.write_text(rotated)
     calls = len(s.entra.calls)
-    assert _wait(lambda: len(s.entra.calls) > calls and s.entra.calls[-1].status == 200, 6)
+    assert wait_until(lambda: len(s.entra.calls) > calls and s.entra.calls[-1].status == 200, 6)
     assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
     assert rotated not in proxy.log
 
@@ -53,14 +53,10 @@ def test_workload_identity_exchanges_the_projected_token(
     fresh_stack: Stack, tmp_path: Path
 ) -> None:
     s = fresh_stack
-    token_file = tmp_path / "azure-identity-token"
     assertion = (
         "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphcHAifQ.c2ln"
     )
-    token_file.write_text(assertion)
-    s.entra.federated_assertion = assertion
-    del s.env["AZURE_CLIENT_SECRET"]
-    s.env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file)
+    _workload_identity(s, tmp_path, presented=assertion, accepted=assertion)
     proxy = s.start_proxy()
     assert "workload identity" in proxy.log
     assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
@@ -72,13 +68,11 @@ def test_workload_identity_mismatch_names_the_federated_credential(
     fresh_stack: Stack, tmp_path: Path
 ) -> None:
     s = fresh_stack
-    token_file = tmp_path / "azure-identity-token"
-    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.c2ln")
-    s.entra.federated_assertion = "something-else"
-    del s.env["AZURE_CLIENT_SECRET"]
-    s.env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file)
+    _workload_identity(
+        s, tmp_path, presented="eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.c2ln", accepted="other"
+    )
     s.start_proxy(ready=False)
-    assert _wait(lambda: httpx2.get(s.url + "/readyz").json().get("fix"), 5)
+    assert wait_until(lambda: httpx2.get(s.url + "/readyz").json().get("fix"), 5)
     ready = httpx2.get(s.url + "/readyz").json()
     assert "AADSTS700213" in ready["reason"]
     assert "system:serviceaccount" in ready["fix"]

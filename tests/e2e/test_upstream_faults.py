@@ -10,21 +10,12 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, wait_until
 from tests.fakes.serve import bind_loopback
 
 pytestmark = pytest.mark.e2e
 
 STREAM = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-
-
-def _wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _open_stream(stack: Stack, steering: bytes) -> socket.socket:
@@ -52,7 +43,7 @@ def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
     assert entry.disconnected_at is None
     sock.close()
     closed_at = time.monotonic()
-    assert _wait_for(lambda: entry.disconnected_at is not None, 3), "upstream never saw the close"
+    assert wait_until(lambda: entry.disconnected_at is not None, 3), "upstream never saw the close"
     assert entry.disconnected_at is not None
     assert entry.disconnected_at - closed_at < 1.0
     assert not entry.completed
@@ -61,13 +52,13 @@ def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
 def test_client_disconnect_while_waiting_for_headers(stack: Stack) -> None:
     """G61: a client that gives up before the first byte also frees the upstream request."""
     sock = _open_stream(stack, b"x-fake-first-delay: 3\r\n")
-    assert _wait_for(lambda: stack.foundry.entries("/chat/completions")[-1].started > 0, 2)
+    assert wait_until(lambda: stack.foundry.entries("/chat/completions")[-1].started > 0, 2)
     entry = stack.foundry.entries("/chat/completions")[-1]
     time.sleep(0.3)
     sock.close()
     # The fake is sleeping before it answers, so it notices only when it writes; what matters
     # is that the stream it then starts is cut, not played to the end for nobody.
-    assert _wait_for(lambda: entry.ended is not None, 6)
+    assert wait_until(lambda: entry.ended is not None, 6)
     assert not entry.completed
 
 
