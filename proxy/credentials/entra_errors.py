@@ -35,6 +35,16 @@ HINTS: Mapping[int, str] = MappingProxyType(
         53003: "Conditional Access blocked the token: ask your Entra admin to exclude this "
         "workload identity or to allow its location",
         90055: "Entra is throttling this tenant: the proxy will retry later",
+        50012: "this certificate is not registered on the app: upload the public certificate of "
+        "AZURE_CLIENT_CERTIFICATE_PATH under Certificates & secrets > Certificates, and check "
+        "AZURE_CLIENT_ID",
+        700027: "the assertion's signature did not verify: the key in "
+        "AZURE_CLIENT_CERTIFICATE_PATH does not belong to the certificate registered on the app",
+        700030: "the certificate's subject is not one the app trusts for subject name + issuer "
+        "authentication (trustedCertificateSubjects in the app manifest)",
+        700024: "the client assertion is outside its validity window: check this machine's "
+        "clock (NTP)",
+        700021: "the assertion names another application than AZURE_CLIENT_ID",
         **dict.fromkeys(
             (70021, 700211, 700213, 7002138),
             "no federated credential on the app matches this service account token: check the "

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.emulator.entra import Answer, EmulatedEntra, entra_error
 from tests.fakes.tokens import RecordingIssuer
@@ -21,6 +24,8 @@ class TokenCall:
     scope: str
     secret_ok: bool
     status: int = 0
+    #: The JOSE header of a client assertion, when one was sent (what a certificate named).
+    assertion_header: dict[str, Any] | None = None
 
 
 class FakeEntra(EmulatedEntra):
@@ -38,13 +43,14 @@ class FakeEntra(EmulatedEntra):
     def calls_since(self, t: float) -> list[TokenCall]:
         return [c for c in self.calls if c.at >= t]
 
-    async def answer(self, tenant: str, form: dict[str, str]) -> Answer:
+    async def answer(self, tenant: str, form: dict[str, str], *, token_url: str = "") -> Answer:
         call = TokenCall(
             time.monotonic(),
             tenant,
             form.get("client_id", ""),
             form.get("scope", ""),
             form.get("client_secret") == self.secret,
+            assertion_header=_header(form.get("client_assertion")),
         )
         self.calls.append(call)
         if self.delay:
@@ -54,6 +60,17 @@ class FakeEntra(EmulatedEntra):
         elif self.outage is not None:
             answer = self.outage
         else:
-            answer = await super().answer(tenant, form)
+            answer = await super().answer(tenant, form, token_url=token_url)
         call.status = answer.status
         return answer
+
+
+def _header(assertion: str | None) -> dict[str, Any] | None:
+    if not assertion or assertion.count(".") != 2:
+        return None
+    head = assertion.split(".")[0]
+    try:
+        value = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
