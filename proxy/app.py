@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.addresses import is_loopback_host
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
+from proxy.credentials.factory import TokenClients
 from proxy.forwarding import Forwarder, UpstreamConfig
 from proxy.logs import configure_logging
 from proxy.settings import Settings
@@ -62,23 +62,16 @@ def create_app(
     settings: Settings,
     *,
     credential: Credential | None = None,
-    http: httpx2.AsyncClient | None = None,
 ) -> ASGIApp:
-    """The ASGI app. ``credential`` and ``http`` (for token calls) may be supplied by tests;
-    a supplied ``http`` client is left open for its owner to close."""
-    # One TLS context for Entra and the upstream alike. OpenSSL's defaults honour
-    # SSL_CERT_FILE / SSL_CERT_DIR, which is how users behind a TLS-inspecting proxy add their
-    # CA; httpx2 would ignore them with trust_env off.
+    """The ASGI app; ``credential`` may be supplied by tests. Raises ConfigError when the
+    credential's files (certificate, CA bundle) cannot be used."""
+    # One TLS context for Entra and the upstream alike. OpenSSL's defaults (the system's CA
+    # store) honour SSL_CERT_FILE / SSL_CERT_DIR, which is how users behind a TLS-inspecting
+    # proxy add their CA; httpx2 would ignore them with trust_env off.
     tls = ssl.create_default_context()
-    own_http = http is None
-    token_http = http or httpx2.AsyncClient(
-        timeout=httpx2.Timeout(settings.token_timeout, connect=min(10.0, settings.token_timeout)),
-        follow_redirects=False,
-        trust_env=settings.trust_env,
-        verify=tls,
-    )
+    clients = TokenClients.create(settings, tls)
     tokens = TokenProvider(
-        credential or credential_from_settings(settings, token_http),
+        credential or credential_from_settings(settings, clients),
         primary_scope=settings.scope,
         wait_timeout=settings.token_wait,
     )
@@ -108,8 +101,7 @@ def create_app(
         finally:
             await forwarder.aclose()
             await tokens.aclose()
-            if own_http:
-                await token_http.aclose()
+            await clients.aclose()
 
     framework = Starlette(
         routes=[

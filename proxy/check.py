@@ -25,8 +25,9 @@ import httpx2
 
 from proxy.addresses import is_loopback_host
 from proxy.credentials.claims import decode_claims, scope_resource
-from proxy.credentials.factory import credential_from_settings
+from proxy.credentials.factory import TokenClients, credential_from_settings
 from proxy.credentials.provider import fingerprint
+from proxy.credentials.selection import detect
 from proxy.errors import ConfigError, CredentialError
 from proxy.settings import Settings, load_settings
 
@@ -130,6 +131,17 @@ def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
     else:
         report.add(Step("settings", "ok", "all settings present and well-formed", details=details))
     return settings
+
+
+def _credential_failure(exc: ConfigError) -> Step:
+    return Step(
+        "credential",
+        "fail",
+        exc.problems[0],
+        cause="; ".join(exc.problems[1:]),
+        fix="see the README section of the credential you mean to use",
+        details={"problems": exc.problems},
+    )
 
 
 def _token_failure(err: CredentialError) -> Step:
@@ -361,20 +373,43 @@ async def run_checks(env_file: Path | None) -> Report:
         return report
     timeout = httpx2.Timeout(settings.token_timeout, connect=min(10.0, settings.connect_timeout))
     tls = ssl.create_default_context()  # honours SSL_CERT_FILE, like the proxy itself
+    try:
+        choice = await detect(settings)
+        settings = choice.settings
+        clients = TokenClients.create(settings, tls)
+    except ConfigError as exc:
+        report.add(_credential_failure(exc))
+        return report
     async with httpx2.AsyncClient(
         timeout=timeout, follow_redirects=False, trust_env=settings.trust_env, verify=tls
     ) as http:
-        credential = credential_from_settings(settings, http)
         try:
+            credential = credential_from_settings(settings, clients)
+            report.add(
+                Step(
+                    "credential",
+                    "ok",
+                    f"using the {credential.kind}",
+                    details={"kind": credential.kind, "passed_over": list(choice.passed_over)},
+                )
+            )
             token = await credential.get_token(settings.scope)
+        except ConfigError as exc:
+            report.add(_credential_failure(exc))
+            return report
         except CredentialError as err:
             report.add(_token_failure(err))
             return report
+        finally:
+            if "credential" in locals():
+                await credential.aclose()
+            await clients.aclose()
         report.add(
             Step(
                 "token",
                 "ok",
-                f"Entra ID issued a token for {settings.scope} (valid {token.expires_in:.0f} s)",
+                f"the {credential.kind} gave a token for {settings.scope} "
+                f"(valid {token.expires_in:.0f} s)",
             )
         )
         report.add(_describe_claims(token.token, settings.scope))

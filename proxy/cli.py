@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import logging
 import math
@@ -132,7 +133,26 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> int:
 def serve(settings: Settings) -> int:
     """Run the proxy until SIGINT/SIGTERM; returns the process exit code."""
     from proxy.app import create_app  # after logging is set up: the app logs while it builds
+    from proxy.credentials.factory import preflight
+    from proxy.credentials.selection import detect
 
+    try:
+        choice = asyncio.run(detect(settings))
+    except ConfigError as exc:
+        print(f"foundry-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = choice.settings
+    for reason in choice.passed_over:
+        log.info("credential auto-detection passed over %s", reason)
+    try:
+        # With workers, each worker builds its own app; the supervisor only checks that the
+        # credential's files are usable, so a bad certificate fails once, here, not per worker.
+        app = create_app(settings) if settings.workers == 1 else None
+        if app is None:
+            preflight(settings)
+    except ConfigError as exc:
+        print(f"foundry-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -141,14 +161,12 @@ def serve(settings: Settings) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log.info(
-        "foundry-proxy %s listening on http://%s:%d -> %s (%s of app %s in tenant %s)",
+        "foundry-proxy %s listening on http://%s:%d -> %s (%s)",
         __version__,
         shown,
         port,
         settings.upstream,
-        settings.credential_kind,
-        settings.client_id,
-        settings.tenant_id,
+        _identity(settings),
     )
     log.info(
         "OpenAI SDKs: base_url=http://%s:%d/v1 ; AzureOpenAI: azure_endpoint=http://%s:%d",
@@ -168,11 +186,29 @@ def serve(settings: Settings) -> int:
         log.warning("%s", warning)
     if settings.workers > 1:
         return _serve_workers(settings, sock)
-    config = _uvicorn_config(create_app(settings), settings)
+    assert app is not None  # one worker: built above
+    config = _uvicorn_config(app, settings)
     server = uvicorn.Server(config)
     _install_drain_handlers()
     server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP
+
+
+def _identity(settings: Settings) -> str:
+    """Which identity the proxy acts as, for the startup line (ids only, never secrets)."""
+    kind = settings.credential_kind
+    if settings.credential in ("secret", "certificate", "workload-identity"):
+        return f"{kind} of app {settings.client_id} in tenant {settings.tenant_id}"
+    if settings.credential == "managed-identity":
+        chosen = (
+            settings.client_id
+            or settings.managed_identity_object_id
+            or settings.managed_identity_resource_id
+        )
+        return f"{kind}, " + (f"user-assigned {chosen}" if chosen else "system-assigned")
+    if settings.tenant_id and settings.credential in ("azure-cli", "azd"):
+        return f"{kind} login, tenant {settings.tenant_id}"
+    return f"{kind} login" if settings.credential in ("azure-cli", "azd") else kind
 
 
 def _demo_parser() -> argparse.ArgumentParser:

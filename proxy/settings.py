@@ -9,16 +9,25 @@ pydantic/pydantic-settings#256).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.addresses import is_loopback_host
@@ -27,7 +36,64 @@ from proxy.errors import ConfigError
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 AI_PROJECTS_SCOPE = "https://ai.azure.com/.default"
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
+IMDS_ENDPOINT = "http://169.254.169.254"
 PREFIX = "FOUNDRY_PROXY_"
+
+CredentialChoice = Literal[
+    "auto",
+    "secret",
+    "certificate",
+    "workload-identity",
+    "managed-identity",
+    "azure-cli",
+    "azd",
+    "azure-identity",
+]
+CloudName = Literal["public", "usgov", "china"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cloud:
+    """What changes together between Azure clouds (azure-protocols.md section 1, "Clouds")."""
+
+    authority_host: str
+    scope: str
+    projects_scope: str
+    #: Host suffixes of Azure OpenAI / Foundry endpoints in this cloud (a hint, not a rule:
+    #: private endpoints and custom domains differ).
+    upstream_suffixes: tuple[str, ...]
+
+
+# The US Gov and China scopes follow the public cloud's pattern with the cloud's DNS suffix;
+# Microsoft documents the US Gov Azure OpenAI host (azure-ai-docs azure-government.md) but not
+# every scope, so each stays overridable (FOUNDRY_PROXY_SCOPE, FOUNDRY_PROXY_PROJECTS_SCOPE).
+CLOUDS: MappingProxyType[str, Cloud] = MappingProxyType(
+    {
+        "public": Cloud(
+            PUBLIC_AUTHORITY,
+            COGNITIVE_SERVICES_SCOPE,
+            AI_PROJECTS_SCOPE,
+            (
+                ".openai.azure.com",
+                ".services.ai.azure.com",
+                ".cognitiveservices.azure.com",
+                ".inference.ml.azure.com",
+            ),
+        ),
+        "usgov": Cloud(
+            "https://login.microsoftonline.us",
+            "https://cognitiveservices.azure.us/.default",
+            "https://ai.azure.us/.default",
+            (".openai.azure.us", ".services.ai.azure.us", ".cognitiveservices.azure.us"),
+        ),
+        "china": Cloud(
+            "https://login.chinacloudapi.cn",
+            "https://cognitiveservices.azure.cn/.default",
+            "https://ai.azure.cn/.default",
+            (".openai.azure.cn", ".services.ai.azure.cn", ".cognitiveservices.azure.cn"),
+        ),
+    }
+)
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _DOMAIN = re.compile(
@@ -97,15 +163,43 @@ class Settings(BaseSettings):
     )
 
     upstream: Annotated[str, _env("FOUNDRY_PROXY_UPSTREAM")]
-    tenant_id: Annotated[str, _env("AZURE_TENANT_ID")]
-    client_id: Annotated[str, _env("AZURE_CLIENT_ID")]
-    # Exactly one way for the app to prove itself (problems_beyond_fields checks that).
+    credential: Annotated[CredentialChoice, _env("FOUNDRY_PROXY_CREDENTIAL")] = "auto"
+    cloud: Annotated[CloudName, _env("FOUNDRY_PROXY_CLOUD")] = "public"
+    # Needed by the App Registration kinds (secret, certificate, workload identity); for a
+    # managed identity AZURE_CLIENT_ID names a user-assigned identity, as in azure-identity.
+    tenant_id: Annotated[str | None, _env("AZURE_TENANT_ID")] = None
+    client_id: Annotated[str | None, _env("AZURE_CLIENT_ID")] = None
+    # At most one way for the app to prove itself (problems_beyond_fields checks that).
     client_secret: Annotated[SecretStr | None, _env("AZURE_CLIENT_SECRET")] = None
     client_secret_file: Annotated[Path | None, _env("AZURE_CLIENT_SECRET_FILE")] = None
+    client_certificate_path: Annotated[Path | None, _env("AZURE_CLIENT_CERTIFICATE_PATH")] = None
+    client_certificate_password: Annotated[
+        SecretStr | None, _env("AZURE_CLIENT_CERTIFICATE_PASSWORD")
+    ] = None
+    send_certificate_chain: Annotated[bool, _env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")] = False
+    certificate_algorithm: Annotated[
+        Literal["PS256", "RS256"], _env("FOUNDRY_PROXY_CERTIFICATE_ALGORITHM")
+    ] = "PS256"
     federated_token_file: Annotated[Path | None, _env("AZURE_FEDERATED_TOKEN_FILE")] = None
-    authority_host: Annotated[str, _env("AZURE_AUTHORITY_HOST")] = PUBLIC_AUTHORITY
-    scope: Annotated[str, _env("FOUNDRY_PROXY_SCOPE")] = COGNITIVE_SERVICES_SCOPE
-    projects_scope: Annotated[str, _env("FOUNDRY_PROXY_PROJECTS_SCOPE")] = AI_PROJECTS_SCOPE
+    # App Service, Functions and Container Apps inject these two for their managed identity.
+    identity_endpoint: Annotated[str | None, _env("IDENTITY_ENDPOINT")] = None
+    identity_header: Annotated[SecretStr | None, _env("IDENTITY_HEADER")] = None
+    imds_endpoint: Annotated[str, _env("FOUNDRY_PROXY_IMDS_ENDPOINT")] = IMDS_ENDPOINT
+    managed_identity_object_id: Annotated[
+        str | None, _env("FOUNDRY_PROXY_MANAGED_IDENTITY_OBJECT_ID")
+    ] = None
+    managed_identity_resource_id: Annotated[
+        str | None, _env("FOUNDRY_PROXY_MANAGED_IDENTITY_RESOURCE_ID")
+    ] = None
+    cli_timeout: Annotated[float, _env("FOUNDRY_PROXY_CLI_TIMEOUT"), Field(gt=0)] = 10.0
+    # Empty means "the cloud's default" (filled in by _cloud_defaults).
+    authority_host: Annotated[str, _env("AZURE_AUTHORITY_HOST")] = ""
+    scope: Annotated[str, _env("FOUNDRY_PROXY_SCOPE")] = ""
+    projects_scope: Annotated[str, _env("FOUNDRY_PROXY_PROJECTS_SCOPE")] = ""
+    # Token traffic only (Entra): its own egress proxy and extra CA, apart from the inference
+    # traffic's, because corporate networks often inspect one and not the other.
+    token_proxy: Annotated[SecretStr | None, _env("FOUNDRY_PROXY_TOKEN_PROXY")] = None
+    token_ca_bundle: Annotated[Path | None, _env("FOUNDRY_PROXY_TOKEN_CA_BUNDLE")] = None
 
     host: Annotated[str, _env("FOUNDRY_PROXY_HOST")] = "127.0.0.1"
     port: Annotated[int, _env("FOUNDRY_PROXY_PORT"), Field(ge=0, le=65535)] = 8787
@@ -148,13 +242,17 @@ class Settings(BaseSettings):
         # The AKS workload identity webhook injects this with or without a scheme and with a
         # trailing slash; azure-identity accepts both forms, so do we.
         v = v.strip()
+        if not v:
+            return v
         if "://" not in v:
             v = "https://" + v
         return _origin(v, "login.microsoftonline.com", allow_path=False)
 
     @field_validator("tenant_id")
     @classmethod
-    def _check_tenant(cls, v: str) -> str:
+    def _check_tenant(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         v = v.strip()
         if v.lower() in _TENANT_ALIASES:
             raise ValueError(
@@ -169,10 +267,51 @@ class Settings(BaseSettings):
 
     @field_validator("client_id")
     @classmethod
-    def _check_client_id(cls, v: str) -> str:
+    def _check_client_id(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         v = v.strip()
         if not _GUID.match(v):
             raise ValueError("must be the App Registration's Application (client) ID, a GUID")
+        return v
+
+    @field_validator("managed_identity_object_id")
+    @classmethod
+    def _check_object_id(cls, v: str | None) -> str | None:
+        if v is not None and not _GUID.match(v.strip()):
+            raise ValueError("must be the managed identity's object (principal) ID, a GUID")
+        return v.strip() if v else None
+
+    @field_validator("managed_identity_resource_id")
+    @classmethod
+    def _check_resource_id(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip().lower().startswith("/subscriptions/"):
+            raise ValueError(
+                "must be an Azure resource ID: /subscriptions/<id>/resourceGroups/<group>/"
+                "providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"
+            )
+        return v.strip() if v else None
+
+    @field_validator("identity_endpoint", "imds_endpoint")
+    @classmethod
+    def _check_identity_endpoint(cls, v: str | None) -> str | None:
+        # Managed identity endpoints are plain http on a local or link-local address by design
+        # (the platform's own agent), so http is allowed here whatever the host.
+        if v is None:
+            return v
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// URL")
+        return v.strip().rstrip("/")
+
+    @field_validator("token_proxy")
+    @classmethod
+    def _check_token_proxy(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        parts = urlsplit(v.get_secret_value().strip())
+        if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+            raise ValueError("must be a proxy URL such as http://proxy.example.com:3128")
         return v
 
     @field_validator("client_secret")
@@ -182,7 +321,9 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         return v
 
-    @field_validator("client_secret_file", "federated_token_file")
+    @field_validator(
+        "client_secret_file", "federated_token_file", "client_certificate_path", "token_ca_bundle"
+    )
     @classmethod
     def _check_file(cls, v: Path | None) -> Path | None:
         # Read again at every token request (rotated secrets, projected tokens); here only
@@ -193,16 +334,31 @@ class Settings(BaseSettings):
 
     @property
     def credential_kind(self) -> str:
-        if self.client_secret is not None:
-            return "client secret"
-        if self.client_secret_file is not None:
-            return "client secret file"
-        return "workload identity"
+        """The credential in use, for logs and errors (the choice once auto is resolved)."""
+        kind: str = self.credential
+        if kind == "auto" and (given := self.app_credentials_given()):
+            kind = APP_KIND[given[0]]
+        if kind == "secret":
+            return "client secret" if self.client_secret is not None else "client secret file"
+        if kind == "managed-identity":
+            where = "App Service" if self.identity_endpoint else "IMDS"
+            return f"managed identity ({where})"
+        return KIND_NAMES[kind]
 
     @field_validator("scope", "projects_scope")
     @classmethod
     def _check_scope(cls, v: str) -> str:
-        return _scope(v)
+        return _scope(v) if v.strip() else ""
+
+    @model_validator(mode="after")
+    def _cloud_defaults(self) -> Settings:
+        # The cloud fills in what was not set explicitly. The model is frozen, so the defaults
+        # are written once here, during validation, through object.__setattr__.
+        cloud = CLOUDS[self.cloud]
+        for name in ("authority_host", "scope", "projects_scope"):
+            if not getattr(self, name):
+                object.__setattr__(self, name, getattr(cloud, name))
+        return self
 
     @field_validator("host")
     @classmethod
@@ -224,16 +380,62 @@ class Settings(BaseSettings):
             )
         return v
 
-    def problems_beyond_fields(self) -> list[str]:
-        """Cross-field rules: bind policy."""
+    def app_credentials_given(self) -> list[str]:
+        """The App Registration credential settings present (their names, never values)."""
+        return [env for field, env in CREDENTIAL_SETTINGS.items() if getattr(self, field)]
+
+    def _credential_problems(self) -> list[str]:
+        given = self.app_credentials_given()
+        kind: str = self.credential
+        if kind == "auto" and len(given) > 1:
+            return [
+                f"{' and '.join(given)}: set only one way for the app to prove its identity "
+                "(or choose one with FOUNDRY_PROXY_CREDENTIAL)"
+            ]
+        if kind == "auto" and given:
+            kind = APP_KIND[given[0]]
+        if kind in REQUIRED_FOR:
+            options = REQUIRED_FOR[kind]
+            present = [env for env in options if env in given]
+            problems = []
+            if not present:
+                problems.append(
+                    f"FOUNDRY_PROXY_CREDENTIAL={kind} needs {' or '.join(options)}: is required"
+                )
+            elif len(present) > 1:
+                problems.append(f"{' and '.join(present)}: set only one of them")
+            for field, env in (("tenant_id", "AZURE_TENANT_ID"), ("client_id", "AZURE_CLIENT_ID")):
+                if getattr(self, field) is None:
+                    problems.append(f"{env}: is required for FOUNDRY_PROXY_CREDENTIAL={kind}")
+            return problems
         problems = []
-        given = [env for field, env in CREDENTIAL_SETTINGS.items() if getattr(self, field)]
-        if not given:
-            problems.append(NO_CREDENTIAL)
-        elif len(given) > 1:
+        if (self.identity_endpoint is None) != (self.identity_header is None):
             problems.append(
-                f"{' and '.join(given)}: set only one way for the app to prove its identity"
+                "IDENTITY_ENDPOINT and IDENTITY_HEADER: set both (App Service and Container Apps "
+                "inject them together) or neither"
             )
+        if kind == "managed-identity":
+            selectors = [
+                env
+                for value, env in (
+                    (self.client_id, "AZURE_CLIENT_ID"),
+                    (self.managed_identity_object_id, "FOUNDRY_PROXY_MANAGED_IDENTITY_OBJECT_ID"),
+                    (
+                        self.managed_identity_resource_id,
+                        "FOUNDRY_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+                    ),
+                )
+                if value
+            ]
+            if len(selectors) > 1:
+                problems.append(
+                    f"{' and '.join(selectors)}: name a user-assigned identity in one way only"
+                )
+        return problems
+
+    def problems_beyond_fields(self) -> list[str]:
+        """Cross-field rules: the credential's settings, bind policy."""
+        problems = self._credential_problems()
         if not is_loopback_host(self.host) and not self.allow_remote:
             problems.append(
                 f"FOUNDRY_PROXY_HOST: {self.host!r} is not a loopback address; anyone who can "
@@ -245,14 +447,19 @@ class Settings(BaseSettings):
     def known_secrets(self) -> list[str]:
         """Secret values known at startup, for the log redactor (a secret file is read once
         here for that purpose; values rotated in later are caught by the redactor's patterns)."""
-        if self.client_secret is not None:
-            return [self.client_secret.get_secret_value()]
+        secrets = [
+            s.get_secret_value()
+            for s in (self.client_secret, self.client_certificate_password, self.identity_header)
+            if s is not None
+        ]
+        if self.token_proxy is not None:
+            password = urlsplit(self.token_proxy.get_secret_value()).password
+            if password:
+                secrets.append(password)
         if self.client_secret_file is not None:
-            try:
-                return [self.client_secret_file.read_text(encoding="utf-8").strip()]
-            except (OSError, UnicodeDecodeError):
-                return []
-        return []
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                secrets.append(self.client_secret_file.read_text(encoding="utf-8").strip())
+        return [s for s in secrets if s]
 
     def warnings(self) -> list[str]:
         """Things that are valid but probably wrong."""
@@ -263,19 +470,71 @@ class Settings(BaseSettings):
                 "AZURE_CLIENT_SECRET looks like a GUID: that is usually the secret's ID; "
                 "the proxy needs the secret's Value (shown once, when the secret is created)"
             )
+        if self.credential not in ("auto", *APP_KIND.values()):
+            ignored = self.app_credentials_given()
+            if ignored:
+                out.append(
+                    f"{', '.join(ignored)} set but not used: FOUNDRY_PROXY_CREDENTIAL is "
+                    f"{self.credential}"
+                )
+        out += self._cloud_warnings()
         return out
 
+    def _cloud_warnings(self) -> list[str]:
+        host = (urlsplit(self.upstream).hostname or "").lower()
+        if is_loopback_host(host) or host.endswith(CLOUDS[self.cloud].upstream_suffixes):
+            return []
+        for name, cloud in CLOUDS.items():
+            if host.endswith(cloud.upstream_suffixes):
+                return [
+                    f"FOUNDRY_PROXY_UPSTREAM is a {name} cloud host but FOUNDRY_PROXY_CLOUD is "
+                    f"{self.cloud}: set FOUNDRY_PROXY_CLOUD={name} so the login host and scope "
+                    "match"
+                ]
+        return [
+            f"FOUNDRY_PROXY_UPSTREAM {host} is not a usual Azure OpenAI / Foundry host of the "
+            f"{self.cloud} cloud: fine for a private endpoint or custom domain, otherwise check it"
+        ]
 
+
+# The App Registration's credential settings, in the order auto-detection tries them.
 CREDENTIAL_SETTINGS = MappingProxyType(
     {
         "client_secret": "AZURE_CLIENT_SECRET",
         "client_secret_file": "AZURE_CLIENT_SECRET_FILE",
+        "client_certificate_path": "AZURE_CLIENT_CERTIFICATE_PATH",
         "federated_token_file": "AZURE_FEDERATED_TOKEN_FILE",
     }
 )
+APP_KIND = MappingProxyType(
+    {
+        "AZURE_CLIENT_SECRET": "secret",
+        "AZURE_CLIENT_SECRET_FILE": "secret",
+        "AZURE_CLIENT_CERTIFICATE_PATH": "certificate",
+        "AZURE_FEDERATED_TOKEN_FILE": "workload-identity",
+    }
+)
+REQUIRED_FOR = MappingProxyType(
+    {
+        "secret": ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_SECRET_FILE"),
+        "certificate": ("AZURE_CLIENT_CERTIFICATE_PATH",),
+        "workload-identity": ("AZURE_FEDERATED_TOKEN_FILE",),
+    }
+)
+KIND_NAMES = MappingProxyType(
+    {
+        "auto": "auto-detected credential",
+        "certificate": "certificate",
+        "workload-identity": "workload identity",
+        "azure-cli": "Azure CLI",
+        "azd": "Azure Developer CLI",
+        "azure-identity": "azure-identity DefaultAzureCredential",
+    }
+)
 NO_CREDENTIAL = (
-    "AZURE_CLIENT_SECRET: is required (or AZURE_CLIENT_SECRET_FILE, a file holding it, or "
-    "AZURE_FEDERATED_TOKEN_FILE for AKS workload identity)"
+    "no credential configured: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET "
+    "(or AZURE_CLIENT_SECRET_FILE, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE); "
+    "managed identity and `az login` are detected when none is set"
 )
 
 
@@ -283,9 +542,11 @@ def _credential_given(file_values: dict[str, str | None], overrides: dict[str, A
     """Whether any credential setting is present, read straight from the sources (used when
     the settings as a whole did not validate, so every problem is still reported at once)."""
     environment = {k.upper() for k, v in os.environ.items() if v}
+    fields = {**CREDENTIAL_SETTINGS, "credential": "FOUNDRY_PROXY_CREDENTIAL"}
+    fields |= {"identity_endpoint": "IDENTITY_ENDPOINT"}
     return any(
         overrides.get(field) is not None or env in environment or file_values.get(env)
-        for field, env in CREDENTIAL_SETTINGS.items()
+        for field, env in fields.items()
     )
 
 

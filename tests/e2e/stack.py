@@ -171,6 +171,33 @@ class Stack:
         return log
 
 
+def chat_load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:
+    """Send chat requests from ``workers`` threads for ``seconds``; return (ok, failures)."""
+    failures: list[str] = []
+    ok = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+    def worker() -> None:
+        nonlocal ok
+        with httpx2.Client(timeout=10) as client:
+            while time.monotonic() < stop:
+                r = client.post(url + "/v1/chat/completions", json=chat)
+                with lock:
+                    if r.status_code == 200:
+                        ok += 1
+                    else:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok, failures
+
+
 def openai_client(url: str, **kwargs: Any) -> Any:
     from openai import OpenAI
 

@@ -55,8 +55,9 @@ def check(stack: Stack, tmp_path: Path, *args: str, **overrides: str) -> tuple[i
 def test_good_setup_passes(stack: Stack, tmp_path: Path) -> None:
     code, out = check(stack, tmp_path)
     assert code == 0, out
-    for step in ("settings", "token", "token contents", "data plane"):
+    for step in ("settings", "credential", "token", "token contents", "data plane"):
         assert f"[ ok ] {step}:" in out
+    assert "[ ok ] credential: using the client secret" in out
     assert "audience https://cognitiveservices.azure.com" in out
     assert "All good" in out
 
@@ -68,11 +69,13 @@ def test_json_output(stack: Stack, tmp_path: Path) -> None:
     assert report["ok"] is True
     assert [s["name"] for s in report["steps"]] == [
         "settings",
+        "credential",
         "token",
         "token contents",
         "data plane",
     ]
-    contents = report["steps"][2]["details"]
+    assert report["steps"][1]["details"]["kind"] == "client secret"
+    contents = report["steps"][3]["details"]
     assert contents["audience"] == "https://cognitiveservices.azure.com"
     assert len(contents["fingerprint"]) == 10
 

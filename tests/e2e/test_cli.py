@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,14 +34,44 @@ def run(
 def test_every_missing_setting_is_reported_at_once() -> None:
     result = run([], clean_environment())
     assert result.returncode == 2
-    for name in (
-        "FOUNDRY_PROXY_UPSTREAM",
-        "AZURE_TENANT_ID",
-        "AZURE_CLIENT_ID",
-        "AZURE_CLIENT_SECRET",
-    ):
-        assert f"{name}: is required" in result.stderr
+    assert "FOUNDRY_PROXY_UPSTREAM: is required" in result.stderr
+    assert (
+        "no credential configured: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"
+        in result.stderr
+    )
     assert "config.example.env" in result.stderr
+
+
+def test_an_explicit_credential_kind_lists_what_it_misses() -> None:
+    env = clean_environment() | {
+        "FOUNDRY_PROXY_UPSTREAM": "https://myresource.openai.azure.com",
+        "FOUNDRY_PROXY_CREDENTIAL": "workload-identity",
+    }
+    result = run([], env)
+    assert result.returncode == 2
+    for problem in (
+        "FOUNDRY_PROXY_CREDENTIAL=workload-identity needs AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_TENANT_ID: is required for FOUNDRY_PROXY_CREDENTIAL=workload-identity",
+        "AZURE_CLIENT_ID: is required for FOUNDRY_PROXY_CREDENTIAL=workload-identity",
+    ):
+        assert problem in result.stderr
+
+
+def test_auto_detection_that_finds_nothing_says_what_it_tried(tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    imds = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    env = clean_environment() | {
+        "FOUNDRY_PROXY_UPSTREAM": "https://myresource.openai.azure.com",
+        "FOUNDRY_PROXY_IMDS_ENDPOINT": imds,
+        "PATH": str(tmp_path),
+    }
+    result = run([], env)
+    assert result.returncode == 2
+    assert "no credential configured" in result.stderr
+    assert f"auto-detection: managed identity (IMDS): nothing answered at {imds}" in (result.stderr)
+    assert "auto-detection: Azure CLI: az is not on PATH" in result.stderr
 
 
 def test_invalid_settings_never_echo_the_secret() -> None:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, chat_load
 from tests.fakes.entra import Answer, entra_error
 
 pytestmark = pytest.mark.e2e
@@ -21,39 +21,13 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 OUTAGE = Answer(503, {"error": "temporarily_unavailable", "error_description": "AADSTS90033: busy"})
 
 
-def _load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:
-    """Send chat requests from ``workers`` threads for ``seconds``; return (ok, failures)."""
-    failures: list[str] = []
-    ok = 0
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def worker() -> None:
-        nonlocal ok
-        with httpx2.Client(timeout=10) as client:
-            while time.monotonic() < stop:
-                r = client.post(url + "/v1/chat/completions", json=CHAT)
-                with lock:
-                    if r.status_code == 200:
-                        ok += 1
-                    else:
-                        failures.append(f"{r.status_code} {r.text[:200]}")
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return ok, failures
-
-
-def test_rollover_under_continuous_load(fresh_stack: Stack) -> None:
+def test_rollover_under_continuouschat_load(fresh_stack: Stack) -> None:
     """E44: 4 s tokens for 12 s of load: no failed request, no expired token upstream."""
     s = fresh_stack
     s.entra.token_lifetime = 4
     s.start_proxy()
     started = time.monotonic()
-    ok, failures = _load(s.url, 12)
+    ok, failures = chat_load(s.url, 12)
     elapsed = time.monotonic() - started
     assert failures == []
     assert ok > 50
@@ -82,7 +56,7 @@ def test_entra_outage_while_token_valid(fresh_stack: Stack) -> None:
 
     prober = threading.Thread(target=probe)
     prober.start()
-    ok, failures = _load(s.url, 5)
+    ok, failures = chat_load(s.url, 5)
     stop.set()
     prober.join()
     assert failures == []
@@ -207,7 +181,7 @@ def test_malformed_token_answers_keep_the_old_token(fresh_stack: Stack) -> None:
             entra_error(400, "invalid_request", 90002, "Tenant not found."),
         ]
     )
-    ok, failures = _load(s.url, 4, workers=2)
+    ok, failures = chat_load(s.url, 4, workers=2)
     assert failures == []
     assert ok > 10
     assert httpx2.get(s.url + "/readyz").status_code == 200

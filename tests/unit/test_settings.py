@@ -144,7 +144,13 @@ def test_exactly_one_way_to_prove_the_app(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-a-file\n")
     without = {k: v for k, v in GOOD.items() if k != "client_secret"}
-    assert "AZURE_CLIENT_SECRET: is required" in problems(**without)[0]
+    assert problems(**without | {"credential": "secret"}) == [
+        "FOUNDRY_PROXY_CREDENTIAL=secret needs AZURE_CLIENT_SECRET or AZURE_CLIENT_SECRET_FILE: "
+        "is required"
+    ]
+    # auto with no App Registration credential is valid: managed identity or a CLI login may
+    # be found at startup (tests/credentials/test_selection.py).
+    assert load_settings(**without).credential == "auto"
     both = problems(**GOOD | {"client_secret_file": str(secret_file)})
     assert "AZURE_CLIENT_SECRET and AZURE_CLIENT_SECRET_FILE" in both[0]
     missing = problems(**without | {"federated_token_file": str(tmp_path / "nope")})
@@ -157,4 +163,111 @@ def test_exactly_one_way_to_prove_the_app(tmp_path: Path) -> None:
     token_file.write_text("eyJ.x.y")
     assert load_settings(**without | {"federated_token_file": str(token_file)}).credential_kind == (
         "workload identity"
+    )
+
+
+def test_explicit_kind_lists_everything_it_is_missing() -> None:
+    found = problems(upstream=GOOD["upstream"], credential="certificate")
+    assert found == [
+        "FOUNDRY_PROXY_CREDENTIAL=certificate needs AZURE_CLIENT_CERTIFICATE_PATH: is required",
+        "AZURE_TENANT_ID: is required for FOUNDRY_PROXY_CREDENTIAL=certificate",
+        "AZURE_CLIENT_ID: is required for FOUNDRY_PROXY_CREDENTIAL=certificate",
+    ]
+    assert (
+        "AZURE_TENANT_ID: is required"
+        in problems(upstream=GOOD["upstream"], client_id=GOOD["client_id"], client_secret=SECRET)[0]
+    )
+
+
+def test_cli_and_managed_identity_need_no_app_registration() -> None:
+    for kind in ("azure-cli", "azd", "managed-identity", "azure-identity"):
+        s = load_settings(upstream=GOOD["upstream"], credential=kind)
+        assert s.tenant_id is None
+        assert s.client_id is None
+    assert load_settings(upstream=GOOD["upstream"], credential="azd").credential_kind == (
+        "Azure Developer CLI"
+    )
+
+
+def test_managed_identity_settings_are_checked() -> None:
+    assert (
+        "IDENTITY_ENDPOINT and IDENTITY_HEADER: set both"
+        in problems(
+            upstream=GOOD["upstream"], identity_endpoint="http://127.0.0.1:41234/msi/token"
+        )[0]
+    )
+    two = problems(
+        upstream=GOOD["upstream"],
+        credential="managed-identity",
+        client_id=GOOD["client_id"],
+        managed_identity_object_id=GOOD["tenant_id"],
+    )
+    assert two == [
+        "AZURE_CLIENT_ID and FOUNDRY_PROXY_MANAGED_IDENTITY_OBJECT_ID: name a user-assigned "
+        "identity in one way only"
+    ]
+    assert (
+        "must be an Azure resource ID"
+        in problems(upstream=GOOD["upstream"], managed_identity_resource_id="my-identity")[0]
+    )
+    s = load_settings(
+        upstream=GOOD["upstream"],
+        credential="managed-identity",
+        identity_endpoint="http://127.0.0.1:41234/msi/token",
+        identity_header=SECRET,
+    )
+    assert s.credential_kind == "managed identity (App Service)"
+    assert SECRET in s.known_secrets()
+    assert SECRET not in repr(s)
+
+
+def test_cloud_switches_login_host_and_scopes_together() -> None:
+    gov = load_settings(**GOOD | {"upstream": "https://res.openai.azure.us", "cloud": "usgov"})
+    assert gov.authority_host == "https://login.microsoftonline.us"
+    assert gov.scope == "https://cognitiveservices.azure.us/.default"
+    assert gov.projects_scope == "https://ai.azure.us/.default"
+    assert gov.warnings() == []
+    china = load_settings(
+        **GOOD
+        | {
+            "upstream": "https://res.openai.azure.cn",
+            "cloud": "china",
+            "scope": "https://ai.azure.com/.default",
+        }
+    )
+    assert china.authority_host == "https://login.chinacloudapi.cn"
+    assert china.scope == "https://ai.azure.com/.default"  # an explicit setting wins
+
+
+def test_upstream_of_another_cloud_warns() -> None:
+    s = load_settings(**GOOD | {"upstream": "https://res.openai.azure.us"})
+    assert s.warnings() == [
+        "FOUNDRY_PROXY_UPSTREAM is a usgov cloud host but FOUNDRY_PROXY_CLOUD is public: set "
+        "FOUNDRY_PROXY_CLOUD=usgov so the login host and scope match"
+    ]
+    custom = load_settings(**GOOD | {"upstream": "https://ai.contoso.example"})
+    assert "private endpoint or custom domain" in custom.warnings()[0]
+    assert load_settings(**GOOD | {"upstream": "http://127.0.0.1:9"}).warnings() == []
+
+
+def test_unused_app_settings_under_an_explicit_kind_warn() -> None:
+    s = load_settings(**GOOD | {"credential": "azure-cli"})
+    assert s.warnings() == [
+        "AZURE_CLIENT_SECRET set but not used: FOUNDRY_PROXY_CREDENTIAL is azure-cli"
+    ]
+
+
+def test_token_egress_settings(tmp_path: Path) -> None:
+    proxy = f"http://user:{SECRET}@proxy.corp.example:3128"
+    s = load_settings(**GOOD | {"token_proxy": proxy})
+    assert SECRET in s.known_secrets()
+    assert SECRET not in repr(s)
+    assert SECRET not in str(s.model_dump())
+    assert (
+        "FOUNDRY_PROXY_TOKEN_PROXY: must be a proxy URL"
+        in problems(**GOOD | {"token_proxy": "proxy.corp.example"})[0]
+    )
+    assert (
+        "FOUNDRY_PROXY_TOKEN_CA_BUNDLE:"
+        in problems(**GOOD | {"token_ca_bundle": str(tmp_path / "missing.pem")})[0]
     )
