@@ -4,7 +4,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 RUN python -m venv /opt/foundry-proxy \
- && /opt/foundry-proxy/bin/pip install --no-cache-dir .
+ && /opt/foundry-proxy/bin/pip install --no-cache-dir '.[certificate]'
 
 FROM python:3.11-slim
 COPY --from=build /opt/foundry-proxy /opt/foundry-proxy

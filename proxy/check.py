@@ -29,7 +29,7 @@ from proxy.credentials.factory import TokenClients, credential_from_settings
 from proxy.credentials.provider import fingerprint
 from proxy.credentials.selection import detect
 from proxy.errors import ConfigError, CredentialError
-from proxy.settings import Settings, load_settings
+from proxy.settings import CLOUDS, Settings, load_settings
 
 KNOWN_HOSTS = re.compile(
     r"\.(openai\.azure\.(com|us|cn)|services\.ai\.azure\.com|cognitiveservices\.azure\.(com|us|cn))$"
@@ -44,8 +44,9 @@ DATA_PLANE_AUDIENCES = (
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 ROLES_FIX = (
     "assign one of Cognitive Services OpenAI User, Cognitive Services User or Azure AI User to "
-    "the app on this resource (Access control (IAM) > Add role assignment); Cognitive Services "
-    "Contributor is not enough: it has no data actions. New assignments can take a few minutes."
+    "the app or identity on this resource (Access control (IAM) > Add role assignment); "
+    "Cognitive Services Contributor is not enough: it has no data actions. New assignments "
+    "can take a few minutes."
 )
 NETWORK_FIX = (
     "check that this machine can reach the host; behind a corporate proxy set HTTPS_PROXY and "
@@ -170,7 +171,7 @@ def _token_failure(err: CredentialError) -> Step:
     )
 
 
-def _describe_claims(token: str, scope: str) -> Step:
+def _describe_claims(token: str, scope: str, default_scope: str) -> Step:
     claims = decode_claims(token)
     print_id = fingerprint(token)
     if claims is None:
@@ -208,7 +209,7 @@ def _describe_claims(token: str, scope: str) -> Step:
         )
     else:
         return Step("token contents", "ok", summary, details=details)
-    fix = "set FOUNDRY_PROXY_SCOPE=https://cognitiveservices.azure.com/.default"
+    fix = f"set FOUNDRY_PROXY_SCOPE={default_scope}"
     return Step("token contents", "warn", summary, cause=cause, fix=fix, details=details)
 
 
@@ -288,8 +289,8 @@ def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) ->
             cause="the resource refused the token (wrong audience, another tenant, or "
             "expired): " + message,
             fix=f"FOUNDRY_PROXY_SCOPE is {settings.scope}: resource hosts take "
-            "https://cognitiveservices.azure.com/.default; also check that the resource "
-            f"belongs to tenant {settings.tenant_id}",
+            f"{CLOUDS[settings.cloud].scope}; also check that the resource belongs to "
+            + (f"tenant {settings.tenant_id}" if settings.tenant_id else "the identity's tenant"),
             details=details,
         )
     if status == 403:
@@ -412,7 +413,7 @@ async def run_checks(env_file: Path | None) -> Report:
                 f"(valid {token.expires_in:.0f} s)",
             )
         )
-        report.add(_describe_claims(token.token, settings.scope))
+        report.add(_describe_claims(token.token, settings.scope, CLOUDS[settings.cloud].scope))
         url = f"{settings.upstream}/openai/v1/models"
         step = await _call(http, url, token.token, settings)
         if step.details.get("status") == 404:

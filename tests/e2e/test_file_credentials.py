@@ -76,3 +76,24 @@ def test_workload_identity_mismatch_names_the_federated_credential(
     ready = httpx2.get(s.url + "/readyz").json()
     assert "AADSTS700213" in ready["reason"]
     assert "system:serviceaccount" in ready["fix"]
+
+
+def test_workload_identity_rotation_under_load(fresh_stack: Stack, tmp_path: Path) -> None:
+    """Kubernetes rewrites the projected token in place; the next exchange presents the new
+    one, and short-lived Entra tokens roll over with no failed request."""
+    from tests.e2e.stack import chat_load
+
+    s = fresh_stack
+    first = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YSJ9.Zmlyc3Q"
+    _workload_identity(s, tmp_path, presented=first, accepted=first)
+    s.entra.token_lifetime = 4
+    s.start_proxy()
+    ok, failures = chat_load(s.url, 3, workers=2)
+    rotated = first.replace("Zmlyc3Q", "c2Vjb25k")
+    (tmp_path / "azure-identity-token").write_text(rotated)
+    s.entra.federated_assertion = rotated
+    more, more_failures = chat_load(s.url, 5, workers=2)
+    assert failures + more_failures == []
+    assert ok + more > 20
+    assert len({e.token_serial for e in s.foundry.journal}) >= 3
+    assert s.entra.calls[-1].status == 200

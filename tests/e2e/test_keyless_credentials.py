@@ -77,16 +77,25 @@ def test_user_assigned_identity_by_client_id(fresh_stack: Stack) -> None:
     _keyless(s)
     user_assigned = "3b1f8a40-5c6d-4e7f-8091-a2b3c4d5e6f7"
     imds = FakeImds(s.issuer, system_assigned=False, assigned={user_assigned})
-    with _serving(imds.app) as server:
+    egress = ForwardProxy()
+    with _serving(imds.app) as server, _serving(egress) as egress_server:
         s.env |= {
             "FOUNDRY_PROXY_IMDS_ENDPOINT": server.url,
             "FOUNDRY_PROXY_CREDENTIAL": "managed-identity",
             "AZURE_CLIENT_ID": user_assigned,
+            # Even told to use proxies for everything, IMDS is called directly.
+            "FOUNDRY_PROXY_TOKEN_PROXY": egress_server.url,
+            "FOUNDRY_PROXY_TRUST_ENV": "true",
+            "HTTP_PROXY": egress_server.url,
         }
         proxy = s.start_proxy()
         assert f"user-assigned {user_assigned}" in proxy.log
         assert _ask(s.url)
     assert imds.calls[-1].params["client_id"] == user_assigned
+    # The proxies were in force (the inference call took HTTP_PROXY, as TRUST_ENV asks)...
+    assert [target.split("/", 1)[1] for _, target in egress.seen] == ["openai/v1/chat/completions"]
+    # ...and IMDS was still called directly: every one of its calls reached the fake itself.
+    assert len(imds.calls) >= 1
 
 
 def test_imds_retries_while_it_is_being_updated(fresh_stack: Stack) -> None:
@@ -109,7 +118,7 @@ def test_app_service_identity_never_goes_through_the_token_proxy(fresh_stack: St
     s = fresh_stack
     _keyless(s)
     header = f"CANARY-SECRET-identity-header-{os.getpid()}"
-    identity = FakeAppServiceIdentity(s.issuer, header=header)
+    identity = FakeAppServiceIdentity(s.issuer, header=header, token_lifetime=4)
     egress = ForwardProxy()
     with _serving(identity.app) as server, _serving(egress) as egress_server:
         s.env |= {
@@ -121,7 +130,11 @@ def test_app_service_identity_never_goes_through_the_token_proxy(fresh_stack: St
         proxy = s.start_proxy()
         assert "managed identity (App Service), system-assigned" in proxy.log
         assert _ask(s.url)
+        ok, failures = chat_load(s.url, 5, workers=2)
         assert header not in proxy.log
+    assert failures == []
+    assert ok > 10
+    assert len({e.token_serial for e in s.foundry.journal}) >= 2, "tokens were not rolled over"
     assert egress.seen == []
     assert identity.calls[-1].params["api-version"] == "2019-08-01"
     assert s.foundry.journal[-1].token_serial is not None
@@ -252,3 +265,32 @@ def test_azure_identity_escape_hatch_is_refreshed_by_the_proxy(
     assert failures == []
     assert ok > 10
     assert len({e.token_serial for e in s.foundry.journal}) >= 2, "no background refresh"
+
+
+def test_check_names_the_cli_credential(fresh_stack: Stack, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    s = fresh_stack
+    _keyless(s)
+    install_fake_cli(tmp_path, "azd")
+    env = s.env | {
+        "PATH": f"{tmp_path}{os.pathsep}{s.env.get('PATH', '')}",
+        "FOUNDRY_PROXY_IMDS_ENDPOINT": "http://127.0.0.1:9",
+    }
+    with _CliTokens(s, tmp_path, "azd", lifetime=600):
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "check", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    report = json.loads(result.stdout)
+    assert report["ok"] is True, result.stdout
+    credential = report["steps"][1]
+    assert credential["summary"] == "using the Azure Developer CLI"
+    assert "Azure CLI: az is not on PATH" in credential["details"]["passed_over"]
+    assert not s.leaks(result.stdout + result.stderr)
