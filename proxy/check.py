@@ -52,6 +52,10 @@ NETWORK_FIX = (
     "check that this machine can reach the host; behind a corporate proxy set HTTPS_PROXY and "
     "FOUNDRY_PROXY_TRUST_ENV=true"
 )
+ENTRA_HOST_FIX = (
+    "AZURE_AUTHORITY_HOST must be an Entra login host such as https://login.microsoftonline.com "
+    "(a proxy or portal may have answered instead)"
+)
 TLS_FIX = (
     "a proxy or firewall is inspecting TLS: point SSL_CERT_FILE at your organisation's CA bundle "
     "(a PEM file)"
@@ -145,15 +149,22 @@ def _credential_failure(exc: ConfigError) -> Step:
     )
 
 
-def _token_failure(err: CredentialError) -> Step:
+def _token_failure(err: CredentialError, kind: str) -> Step:
     fixes = {
         "token_dns_error": "check AZURE_AUTHORITY_HOST and this machine's DNS; " + NETWORK_FIX,
         "token_unreachable": NETWORK_FIX,
         "token_timeout": NETWORK_FIX,
         "token_tls_error": TLS_FIX,
-        "malformed_token_response": "AZURE_AUTHORITY_HOST must be an Entra login host such as "
-        "https://login.microsoftonline.com (a proxy or portal may have answered instead)",
+        "imds_unreachable": "run on an Azure VM, scale set or AKS node with a managed identity, "
+        "or choose another FOUNDRY_PROXY_CREDENTIAL",
+        "imds_unavailable": "IMDS is busy or updating: try again in a minute",
+        "identity_endpoint_unavailable": "the platform's identity endpoint is busy: try again "
+        "in a minute",
+        "identity_endpoint_unreachable": "IDENTITY_ENDPOINT is set by App Service and Container "
+        "Apps; outside them, unset it",
     }
+    if kind.startswith("client") or kind in ("certificate", "workload identity"):
+        fixes["malformed_token_response"] = ENTRA_HOST_FIX
     fix = err.hint or fixes.get(err.code, "")
     if not fix and err.code.startswith("http_3"):
         fix = (
@@ -164,7 +175,7 @@ def _token_failure(err: CredentialError) -> Step:
     return Step(
         "token",
         "fail",
-        f"Entra ID refused or could not issue a token ({err.code})",
+        f"the {kind} could not get a token ({err.code})",
         cause=err.message,
         fix=fix,
         details={"code": err.code},
@@ -399,7 +410,7 @@ async def run_checks(env_file: Path | None) -> Report:
             report.add(_credential_failure(exc))
             return report
         except CredentialError as err:
-            report.add(_token_failure(err))
+            report.add(_token_failure(err, credential.kind))
             return report
         finally:
             if "credential" in locals():

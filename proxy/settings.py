@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     # Token traffic only (Entra): its own egress proxy and extra CA, apart from the inference
     # traffic's, because corporate networks often inspect one and not the other.
     token_proxy: Annotated[SecretStr | None, _env("FOUNDRY_PROXY_TOKEN_PROXY")] = None
+    # Set by platforms whose managed identity foundry-proxy reaches only through
+    # azure-identity; read so that auto-detection does not mistake them for App Service.
+    arc_imds_endpoint: Annotated[str | None, _env("IMDS_ENDPOINT")] = None
+    identity_server_thumbprint: Annotated[str | None, _env("IDENTITY_SERVER_THUMBPRINT")] = None
     token_ca_bundle: Annotated[Path | None, _env("FOUNDRY_PROXY_TOKEN_CA_BUNDLE")] = None
 
     host: Annotated[str, _env("FOUNDRY_PROXY_HOST")] = "127.0.0.1"
@@ -310,7 +314,7 @@ class Settings(BaseSettings):
         if v is None:
             return v
         parts = urlsplit(v.get_secret_value().strip())
-        if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be a proxy URL such as http://proxy.example.com:3128")
         return v
 
@@ -408,29 +412,45 @@ class Settings(BaseSettings):
                 if getattr(self, field) is None:
                     problems.append(f"{env}: is required for FOUNDRY_PROXY_CREDENTIAL={kind}")
             return problems
+        return self.managed_identity_problems() if kind == "managed-identity" else []
+
+    @property
+    def other_identity_platform(self) -> str | None:
+        """Azure Arc or Service Fabric, whose identity endpoints look like App Service's but
+        speak another protocol (azure-protocols.md section 2)."""
+        if self.identity_server_thumbprint:
+            return "Service Fabric"
+        if self.arc_imds_endpoint:
+            return "Azure Arc"
+        return None
+
+    def managed_identity_problems(self) -> list[str]:
+        """What stops a managed identity from working with these settings (checked when that
+        kind is chosen, explicitly or by auto-detection)."""
         problems = []
-        if (self.identity_endpoint is None) != (self.identity_header is None):
+        if platform := self.other_identity_platform:
+            problems.append(
+                f"IDENTITY_ENDPOINT: this is {platform}, whose managed identity foundry-proxy "
+                "reaches through azure-identity: set FOUNDRY_PROXY_CREDENTIAL=azure-identity"
+            )
+        elif (self.identity_endpoint is None) != (self.identity_header is None):
             problems.append(
                 "IDENTITY_ENDPOINT and IDENTITY_HEADER: set both (App Service and Container Apps "
                 "inject them together) or neither"
             )
-        if kind == "managed-identity":
-            selectors = [
-                env
-                for value, env in (
-                    (self.client_id, "AZURE_CLIENT_ID"),
-                    (self.managed_identity_object_id, "FOUNDRY_PROXY_MANAGED_IDENTITY_OBJECT_ID"),
-                    (
-                        self.managed_identity_resource_id,
-                        "FOUNDRY_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
-                    ),
-                )
-                if value
-            ]
-            if len(selectors) > 1:
-                problems.append(
-                    f"{' and '.join(selectors)}: name a user-assigned identity in one way only"
-                )
+        selectors = [
+            env
+            for value, env in (
+                (self.client_id, "AZURE_CLIENT_ID"),
+                (self.managed_identity_object_id, "FOUNDRY_PROXY_MANAGED_IDENTITY_OBJECT_ID"),
+                (self.managed_identity_resource_id, "FOUNDRY_PROXY_MANAGED_IDENTITY_RESOURCE_ID"),
+            )
+            if value
+        ]
+        if len(selectors) > 1:
+            problems.append(
+                f"{' and '.join(selectors)}: name a user-assigned identity in one way only"
+            )
         return problems
 
     def problems_beyond_fields(self) -> list[str]:

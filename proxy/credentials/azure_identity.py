@@ -9,12 +9,13 @@ narrows its chain); it is an optional extra: pip install 'foundry-proxy[azure-id
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from proxy.credentials.base import AccessToken
 from proxy.credentials.entra_errors import first_line
-from proxy.errors import AuthenticationFailed, ConfigError, CredentialUnavailable
+from proxy.errors import ConfigError, CredentialUnavailable
 
 _MISSING = (
     "FOUNDRY_PROXY_CREDENTIAL=azure-identity needs the azure-identity package: "
@@ -27,6 +28,17 @@ def require_azure_identity() -> None:
         import azure.identity.aio  # noqa: F401
     except ImportError:
         raise ConfigError([_MISSING]) from None
+
+
+_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def _attempts(message: str, limit: int = 600) -> str:
+    """The chain's summary line and its "CredentialName: reason" lines, on one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [line for line in lines[1:] if ":" in line and not line.startswith("To ")]
+    text = "; ".join([first_line(message), *reasons])
+    return _JWT.sub("[token]", text)[:limit]
 
 
 class DelegatedCredential:
@@ -49,8 +61,12 @@ class DelegatedCredential:
             # refresh_in; the provider honours it like a direct refresh_in.
             info = await self._inner.get_token_info(scope)
         except ClientAuthenticationError as exc:
-            raise AuthenticationFailed(
-                f"azure-identity could not get a token: {first_line(str(exc.message))}",
+            # DefaultAzureCredential wraps every failure of its chain in this one type, a slow
+            # IMDS at boot as much as a wrong secret, so it cannot tell transient from
+            # permanent: treat it as transient (short backoff) and keep the per-credential
+            # reasons, which are what the user needs to read.
+            raise CredentialUnavailable(
+                f"azure-identity could not get a token: {_attempts(str(exc.message))}",
                 code="azure_identity_failed",
                 hint="set AZURE_TOKEN_CREDENTIALS to the one credential azure-identity should "
                 "use, and check its settings",

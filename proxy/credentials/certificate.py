@@ -7,9 +7,12 @@ here and only when a certificate is configured, so every other credential works 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.credentials.client_credentials import JWT_BEARER
 from proxy.errors import ConfigError
+
+log = logging.getLogger("foundry_proxy.token")
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
@@ -269,3 +274,59 @@ class CertificateAuth:
 
 def _compact_json(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+class RotatingCertificateAuth:
+    """CertificateAuth that follows its file: Key Vault's CSI driver and cert-manager replace
+    the certificate in place before the old one expires, so the file is checked (in a thread)
+    at every token request and loaded again when it changed. A new file that does not load is
+    reported and the certificate in use is kept: it may well still be registered and valid.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        password: str | None,
+        client_id: str,
+        *,
+        algorithm: Literal["PS256", "RS256"] = "PS256",
+        send_chain: bool = False,
+    ) -> None:
+        self._path = path
+        self._password = password
+        self._make = functools.partial(
+            CertificateAuth, client_id=client_id, algorithm=algorithm, send_chain=send_chain
+        )
+        self._stamp = self._file_stamp()
+        self.certificate = load_certificate(path, password)
+        self._auth = self._make(self.certificate)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    async def _reload_if_changed(self) -> None:
+        stamp = await asyncio.to_thread(self._file_stamp)
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            certificate = await asyncio.to_thread(load_certificate, self._path, self._password)
+        except ConfigError as exc:
+            log.warning(
+                "the changed certificate file was not loaded; keeping the current one: %s",
+                "; ".join(exc.problems),
+            )
+            return
+        self.certificate = certificate
+        self._auth = self._make(certificate)
+        log.info("certificate reloaded from %s (%s)", self._path, certificate.thumbprint_sha256)
+        for warning in certificate.warnings:
+            log.warning("%s", warning)
+
+    async def form_fields(self, token_endpoint: str) -> Mapping[str, str]:
+        await self._reload_if_changed()
+        return await self._auth.form_fields(token_endpoint)

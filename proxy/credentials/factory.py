@@ -132,23 +132,21 @@ def credential_from_settings(settings: Settings, clients: TokenClients) -> Crede
 
 def _client_auth(kind: str, settings: Settings) -> ClientAuth:
     if kind == "certificate":
-        from proxy.credentials.certificate import CertificateAuth, load_certificate
+        from proxy.credentials.certificate import RotatingCertificateAuth
 
         assert settings.client_certificate_path is not None
         assert settings.client_id is not None
         password = settings.client_certificate_password
-        certificate = load_certificate(
+        auth = RotatingCertificateAuth(
             settings.client_certificate_path,
             password.get_secret_value() if password is not None else None,
-        )
-        for warning in certificate.warnings:
-            log.warning("%s", warning)
-        return CertificateAuth(
-            certificate,
             settings.client_id,
             algorithm=settings.certificate_algorithm,
             send_chain=settings.send_certificate_chain,
         )
+        for warning in auth.certificate.warnings:
+            log.warning("%s", warning)
+        return auth
     if kind == "workload-identity":
         assert settings.federated_token_file is not None
         return federated_token_auth(settings.federated_token_file)

@@ -365,15 +365,17 @@ async def imds_reachable(
     # The probe's whole point is its short bound, so it is part of the call, not the caller's.
     timeout: float = 1.0,  # noqa: ASYNC109
 ) -> bool:
-    """Whether IMDS answers at all: one short probe for auto-detection, as azure-identity does.
+    """Whether Azure IMDS answers: one short probe for auto-detection.
 
-    The request names no resource, so IMDS answers 400 and mints nothing; any HTTP answer means
-    it exists, a connection error or timeout means it does not. ``http`` must not use an HTTP
-    proxy.
+    The request names no resource, so IMDS answers 400 with a JSON error and mints nothing.
+    Only that shape counts: other clouds' metadata services also listen on 169.254.169.254
+    (AWS, GCP), and Docker Desktop answers 403 "unreachable" for it; taking those for IMDS
+    would lock auto-detection onto a managed identity that cannot work. ``http`` must not use
+    an HTTP proxy.
     """
     try:
         async with asyncio.timeout(timeout):
-            await http.get(
+            response = await http.get(
                 endpoint.rstrip("/") + IMDS_PATH,
                 params={"api-version": IMDS_API_VERSION},
                 headers={"Metadata": "true"},
@@ -381,4 +383,7 @@ async def imds_reachable(
             )
     except (httpx2.RequestError, TimeoutError):
         return False
-    return True
+    if response.status_code not in (200, 400):
+        return False
+    body = _json(response)
+    return isinstance(body, dict) and ("error" in body or "access_token" in body)

@@ -46,13 +46,22 @@ async def resolve(settings: Settings, imds_reachable: Callable[[], Awaitable[boo
         "AZURE_CLIENT_SECRET_FILE, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE "
         "is set"
     )
-    if settings.identity_endpoint is not None:
-        return chosen("managed-identity")
-    passed.append("managed identity (App Service): IDENTITY_ENDPOINT is not set")
-    if await imds_reachable():
-        return chosen("managed-identity")
+    platform = settings.other_identity_platform
+    if platform is not None:
+        passed.append(
+            f"managed identity: this is {platform}; set FOUNDRY_PROXY_CREDENTIAL=azure-identity "
+            "to use its identity"
+        )
+    elif settings.identity_endpoint is not None and settings.identity_header is not None:
+        return _managed_identity(chosen("managed-identity"))
+    else:
+        passed.append(
+            "managed identity (App Service): IDENTITY_ENDPOINT and IDENTITY_HEADER are not set"
+        )
+    if platform is None and await imds_reachable():
+        return _managed_identity(chosen("managed-identity"))
     passed.append(
-        f"managed identity (IMDS): nothing answered at {settings.imds_endpoint} "
+        f"managed identity (IMDS): no Azure IMDS answered at {settings.imds_endpoint} "
         "(not an Azure VM or node)"
     )
     # PATH is looked up, not the CLIs run: starting az costs about a second, and a CLI that is
@@ -65,6 +74,13 @@ async def resolve(settings: Settings, imds_reachable: Callable[[], Awaitable[boo
         return chosen("azd")
     passed.append("Azure Developer CLI: azd is not on PATH")
     raise ConfigError([NO_CREDENTIAL, *(f"auto-detection: {p}" for p in passed)])
+
+
+def _managed_identity(choice: Choice) -> Choice:
+    problems = choice.settings.managed_identity_problems()
+    if problems:
+        raise ConfigError(problems)
+    return choice
 
 
 async def detect(settings: Settings, probe_timeout: float = 1.0) -> Choice:

@@ -263,6 +263,24 @@ def test_imds_probe_finds_the_fake_without_minting(
     assert not issuer.issued
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Another cloud's metadata service on the same address.
+        Answer(404, raw=b"<html><body>404 - Not Found</body></html>"),
+        # Docker Desktop's answer for 169.254.169.254.
+        Answer(403, {"error": "A socket operation was attempted to an unreachable network."}),
+        Answer(200, raw=b"ami-id\ninstance-id\n"),
+    ],
+)
+def test_imds_probe_ignores_what_is_not_azure_imds(
+    imds: tuple[FakeImds, str], answer: Answer
+) -> None:
+    fake, url = imds
+    fake.script.append(answer)
+    assert not run(lambda http: imds_reachable(http, url))
+
+
 @pytest.mark.parametrize("port", ["closed_port", "silent_port"])
 def test_imds_probe_says_no_quickly(request: pytest.FixtureRequest, port: str) -> None:
     url = request.getfixturevalue(port)

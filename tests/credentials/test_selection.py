@@ -69,7 +69,10 @@ def test_imds_when_it_answers_then_the_clis_in_order(
     choice, probes = choose(True)
     assert choice.settings.credential_kind == "managed identity (IMDS)"
     assert probes == ["imds"]
-    assert choice.passed_over[-1] == "managed identity (App Service): IDENTITY_ENDPOINT is not set"
+    assert (
+        choice.passed_over[-1]
+        == "managed identity (App Service): IDENTITY_ENDPOINT and IDENTITY_HEADER are not set"
+    )
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -89,8 +92,8 @@ def test_nothing_found_names_every_kind_and_why() -> None:
     assert info.value.problems[0].startswith("no credential configured")
     for reason in (
         "AZURE_CLIENT_CERTIFICATE_PATH",
-        "IDENTITY_ENDPOINT is not set",
-        "nothing answered at http://169.254.169.254",
+        "IDENTITY_ENDPOINT and IDENTITY_HEADER are not set",
+        "no Azure IMDS answered at http://169.254.169.254",
         "az is not on PATH",
         "azd is not on PATH",
     ):
@@ -101,3 +104,36 @@ def test_an_explicit_kind_is_never_second_guessed() -> None:
     choice, probes = choose(True, credential="azure-cli")
     assert choice.settings.credential == "azure-cli"
     assert probes == []
+
+
+@pytest.mark.parametrize(
+    ("marker", "platform"),
+    [
+        ({"arc_imds_endpoint": "http://localhost:40342"}, "Azure Arc"),
+        ({"identity_header": "h", "identity_server_thumbprint": "AB12"}, "Service Fabric"),
+    ],
+)
+def test_arc_and_service_fabric_are_not_mistaken_for_app_service(
+    marker: dict[str, str], platform: str
+) -> None:
+    values = {"identity_endpoint": "http://localhost:40342/metadata/identity/oauth2/token"}
+    choice, probes = choose(True, **values, **marker, credential="azure-identity")
+    assert choice.settings.credential == "azure-identity"  # the way to use them: no error
+    with pytest.raises(ConfigError) as info:
+        choose(False, **values, **marker)
+    assert f"this is {platform}; set FOUNDRY_PROXY_CREDENTIAL=azure-identity" in "\n".join(
+        info.value.problems
+    )
+    assert probes == []
+    with pytest.raises(ConfigError) as explicit:
+        load_settings(upstream=UPSTREAM, credential="managed-identity", **values, **marker)
+    assert f"this is {platform}" in explicit.value.problems[0]
+
+
+def test_auto_detected_managed_identity_checks_its_selectors() -> None:
+    with pytest.raises(ConfigError) as info:
+        choose(True, client_id=CLIENT_ID, managed_identity_object_id=TENANT)
+    assert info.value.problems == [
+        "AZURE_CLIENT_ID and FOUNDRY_PROXY_MANAGED_IDENTITY_OBJECT_ID: name a user-assigned "
+        "identity in one way only"
+    ]

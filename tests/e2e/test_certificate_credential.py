@@ -121,3 +121,35 @@ def test_wrong_password_is_a_startup_error_without_the_password(
     assert "AZURE_CLIENT_CERTIFICATE_PASSWORD" in result.stderr
     assert PASSWORD not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_certificate_replaced_in_place_is_picked_up(fresh_stack: Stack, tmp_path: Path) -> None:
+    """Key Vault's CSI driver or cert-manager rewrites the file before the old certificate
+    goes: the next token request signs with the new one, no restart, no failed request."""
+    import base64
+    import hashlib
+
+    s = fresh_stack
+    old_key, new_key = rsa_key(), rsa_key()
+    old, new = make_certificate(old_key, "old"), make_certificate(new_key, "new")
+    path = tmp_path / "app.pem"
+    path.write_bytes(key_pem(old_key) + cert_pem(old))
+    der = {c: c.public_bytes(serialization.Encoding.DER) for c in (old, new)}
+    s.entra.certificates.append(der[old])
+    s.entra.token_lifetime = 3
+    _use_certificate(s, path)
+    proxy = s.start_proxy()
+    ok, failures = chat_load(s.url, 1, workers=2)
+    # Rotation: upload the new certificate, replace the file, then retire the old one.
+    s.entra.certificates.append(der[new])
+    path.write_bytes(key_pem(new_key) + cert_pem(new))
+    s.entra.certificates.remove(der[old])
+    more, more_failures = chat_load(s.url, 4, workers=2)
+    assert failures + more_failures == []
+    assert ok + more > 10
+    new_thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der[new]).digest()).rstrip(b"=")
+    last = s.entra.calls[-1]
+    assert last.status == 200
+    assert last.assertion_header is not None
+    assert last.assertion_header["x5t#S256"] == new_thumbprint.decode()
+    assert "certificate reloaded from" in proxy.log

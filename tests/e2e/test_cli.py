@@ -70,7 +70,9 @@ def test_auto_detection_that_finds_nothing_says_what_it_tried(tmp_path: Path) ->
     result = run([], env)
     assert result.returncode == 2
     assert "no credential configured" in result.stderr
-    assert f"auto-detection: managed identity (IMDS): nothing answered at {imds}" in (result.stderr)
+    assert f"auto-detection: managed identity (IMDS): no Azure IMDS answered at {imds}" in (
+        result.stderr
+    )
     assert "auto-detection: Azure CLI: az is not on PATH" in result.stderr
 
 

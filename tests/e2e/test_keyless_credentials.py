@@ -56,8 +56,9 @@ def test_imds_is_detected_and_rolls_over_under_load(fresh_stack: Stack) -> None:
         s.env["FOUNDRY_PROXY_IMDS_ENDPOINT"] = server.url
         proxy = s.start_proxy()
         assert "managed identity (IMDS), system-assigned" in proxy.log
-        assert "passed over managed identity (App Service): IDENTITY_ENDPOINT is not set" in (
-            proxy.log
+        assert (
+            "passed over managed identity (App Service): IDENTITY_ENDPOINT and IDENTITY_HEADER "
+            "are not set" in proxy.log
         )
         assert _ask(s.url)
         ok, failures = chat_load(s.url, 8)
@@ -105,13 +106,14 @@ def test_imds_retries_while_it_is_being_updated(fresh_stack: Stack) -> None:
     s = fresh_stack
     _keyless(s)
     imds = FakeImds(s.issuer)
-    imds.script.extend([Answer(200, {}), Answer(410, {"error": "gone"})])  # probe, then 410
+    probe = Answer(400, {"error": "invalid_request", "error_description": "no resource"})
+    imds.script.extend([probe, Answer(410, {"error": "gone"})])
     with _serving(imds.app) as server:
         s.env["FOUNDRY_PROXY_IMDS_ENDPOINT"] = server.url
         s.start_proxy(ready=False)
         assert wait_until(lambda: httpx2.get(s.url + "/readyz").status_code == 200, 15)
         assert _ask(s.url)
-    assert [c.status for c in imds.calls][:3] == [200, 410, 200]
+    assert [c.status for c in imds.calls][:3] == [400, 410, 200]
 
 
 def test_app_service_identity_never_goes_through_the_token_proxy(fresh_stack: Stack) -> None:

@@ -151,6 +151,44 @@ def test_permanent_error_fails_requests_at_once_and_backs_off() -> None:
     assert len(credential.calls) == 1
 
 
+def test_a_fixed_configuration_is_picked_up_by_the_next_request() -> None:
+    """After a configuration error the backoff is long (5 s here), but a request may start one
+    attempt once on_demand_interval has passed: `az login` works without waiting minutes."""
+    bad = AuthenticationFailed("not logged in", code="cli_not_logged_in")
+    credential = ScriptedCredential(bad, bad)
+    policy = RetryPolicy(config_first=5.0, config_max=5.0, on_demand_interval=0.3, min_delay=0.05)
+
+    async def test(p: TokenProvider) -> list[str]:
+        await asyncio.sleep(0.1)
+        outcomes = []
+        for _ in range(2):  # within the interval: the error at once, no new call
+            with pytest.raises(CredentialError):
+                await p.token(SCOPE)
+            outcomes.append(f"error after {len(credential.calls)} call(s)")
+        await asyncio.sleep(0.35)
+        with pytest.raises(CredentialError):  # one on-demand attempt, which fails again
+            await p.token(SCOPE)
+        outcomes.append(f"error after {len(credential.calls)} call(s)")
+        await asyncio.sleep(0.35)
+        outcomes.append(await p.token(SCOPE))  # fixed by now: the next attempt succeeds
+        return outcomes
+
+    async def main() -> list[str]:
+        provider = TokenProvider(credential, primary_scope=SCOPE, policy=policy)
+        provider.start()
+        try:
+            return await test(provider)
+        finally:
+            await provider.aclose()
+
+    assert asyncio.run(main()) == [
+        "error after 1 call(s)",
+        "error after 1 call(s)",
+        "error after 2 call(s)",
+        "token-3",
+    ]
+
+
 def test_transient_error_then_success_serves_waiting_requests() -> None:
     credential = ScriptedCredential(CredentialUnavailable("blip"), AccessToken("late", 100.0))
 

@@ -193,9 +193,18 @@ def test_managed_identity_settings_are_checked() -> None:
     assert (
         "IDENTITY_ENDPOINT and IDENTITY_HEADER: set both"
         in problems(
-            upstream=GOOD["upstream"], identity_endpoint="http://127.0.0.1:41234/msi/token"
+            upstream=GOOD["upstream"],
+            credential="managed-identity",
+            identity_endpoint="http://127.0.0.1:41234/msi/token",
         )[0]
     )
+    # Only a managed identity needs the pair: an Azure CLI user on such a host is fine.
+    assert load_settings(
+        upstream=GOOD["upstream"],
+        credential="azure-cli",
+        identity_endpoint="http://127.0.0.1:41234/msi/token",
+    )
+    assert "must be a proxy URL" in problems(**GOOD | {"token_proxy": "socks5://proxy:1080"})[0]
     two = problems(
         upstream=GOOD["upstream"],
         credential="managed-identity",
