@@ -23,6 +23,7 @@ from proxy.credentials import Credential, TokenProvider, credential_from_setting
 from proxy.credentials.factory import TokenClients
 from proxy.forwarding import Forwarder, UpstreamConfig
 from proxy.logs import configure_logging
+from proxy.policy import Policy
 from proxy.settings import Settings
 
 
@@ -39,6 +40,10 @@ def _upstream_config(settings: Settings) -> UpstreamConfig:
         trust_env=settings.trust_env,
         loopback_only=is_loopback_host(settings.host),
         allowed_origins=settings.origins,
+        policy=Policy(*settings.rules()),
+        keys=tuple(k.encode() for k in settings.inbound_keys()),
+        max_concurrency=settings.max_concurrency,
+        queue_timeout=settings.queue_timeout,
     )
 
 

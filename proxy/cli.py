@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -17,6 +18,7 @@ import uvicorn
 
 from proxy import __version__
 from proxy.errors import ConfigError
+from proxy.listener import DrainingServer, ProxyConfig, parser_in_use
 from proxy.logs import configure_logging
 from proxy.settings import Settings, environment_proxy_variables, load_settings
 
@@ -89,6 +91,23 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _bind_unix(path: Path) -> socket.socket:
+    """A Unix socket only its owner can connect to (mode 0600, set before anyone can)."""
+    if path.is_socket():
+        path.unlink()  # left over from a previous run; binding would fail on it
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _stop(signum: int, frame: object) -> None:
     """Runs for a signal uvicorn did not take: before it started, or re-raised after its drain.
 
@@ -100,8 +119,10 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
-    return uvicorn.Config(
+    return ProxyConfig(
         app,
+        head_timeout=settings.head_timeout,
+        max_header_bytes=settings.max_header_bytes,
         lifespan="on",
         log_config=None,  # logging is ours (logs.py), redaction included
         access_log=False,
@@ -114,7 +135,7 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Confi
     )
 
 
-def _serve_workers(settings: Settings, sock: socket.socket) -> int:
+def _serve_workers(settings: Settings, sockets: list[socket.socket]) -> int:
     """N processes accepting on one socket, supervised by uvicorn (restarts, signals)."""
     from uvicorn.supervisors import Multiprocess
 
@@ -123,9 +144,9 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> int:
     config = _uvicorn_config(AppFactory(settings), settings, factory=True, workers=settings.workers)
     # The supervisor took the worker's run method as `target` in older uvicorn releases.
     if "target" in inspect.signature(Multiprocess).parameters:
-        supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock])  # type: ignore[call-arg]
+        supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=sockets)  # type: ignore[call-arg]
     else:
-        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor = Multiprocess(config, sockets=sockets)
     supervisor.run()
     return 0
 
@@ -158,6 +179,15 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return EXIT_STARTUP
+    sockets = [sock]
+    if settings.uds is not None:
+        try:
+            sockets.append(_bind_unix(settings.uds))
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", settings.uds, exc.strerror or exc)
+            sock.close()
+            return EXIT_STARTUP
+        log.info("also listening on unix:%s (mode 0600)", settings.uds)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log.info(
@@ -175,6 +205,16 @@ def serve(settings: Settings) -> int:
         shown,
         port,
     )
+    keys = settings.inbound_keys()
+    log.info(
+        "HTTP parser %s; request heads up to %d bytes within %g s; %s; policy %s%s",
+        parser_in_use(),
+        settings.max_header_bytes,
+        settings.head_timeout,
+        f"{len(keys)} inbound key(s) required" if keys else "no inbound key required",
+        settings.policy,
+        " with FOUNDRY_PROXY_ALLOW/DENY rules" if settings.allow or settings.deny else "",
+    )
     ignored = environment_proxy_variables()
     if ignored and not settings.trust_env:
         log.warning(
@@ -185,12 +225,16 @@ def serve(settings: Settings) -> int:
     for warning in settings.warnings():
         log.warning("%s", warning)
     if settings.workers > 1:
-        return _serve_workers(settings, sock)
+        return _serve_workers(settings, sockets)
     assert app is not None  # one worker: built above
     config = _uvicorn_config(app, settings)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     _install_drain_handlers()
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=sockets)
+    finally:
+        if settings.uds is not None:
+            settings.uds.unlink(missing_ok=True)
     return 0 if server.started else EXIT_STARTUP
 
 

@@ -9,6 +9,7 @@ SSE events reach the client as the upstream writes them.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import ssl
@@ -24,13 +25,27 @@ from proxy.addresses import host_of_authority, is_loopback_host
 from proxy.credentials.provider import TokenProvider
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
+from proxy.policy import Policy
 from proxy.replies import send_error, token_unavailable, too_large, upstream_failed
-from proxy.rewrite import BadTarget, Inbound, map_target, request_headers, response_headers
+from proxy.rewrite import (
+    BadTarget,
+    Inbound,
+    Target,
+    map_target,
+    request_headers,
+    response_headers,
+)
 
 log = logging.getLogger("foundry_proxy.forward")
 
 # A 401 body worth inspecting is small JSON; never buffer more than this to look at it.
 _INSPECT_LIMIT = 64 * 1024
+_CLOSE = ((b"connection", b"close"),)
+_KEY_MESSAGE = (
+    "foundry-proxy requires an inbound key: send it as Authorization: Bearer <key> (the api_key "
+    "of OpenAI SDKs) or as an api-key header"
+)
+_KEY_CHALLENGE = ((b"www-authenticate", b'Bearer realm="foundry-proxy"'),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +61,10 @@ class UpstreamConfig:
     trust_env: bool
     loopback_only: bool  # listening on loopback only: Host must name loopback too
     allowed_origins: frozenset[str]
+    policy: Policy
+    keys: tuple[bytes, ...]  # inbound keys; empty: none required
+    max_concurrency: int
+    queue_timeout: float
 
 
 @dataclass(slots=True)
@@ -70,6 +89,7 @@ class Forwarder:
         # Host values already found to be loopback: parsing an address costs microseconds on
         # every request, and callers use one or two Host values. Bounded, so no one can grow it.
         self._loopback_hosts: set[str] = set()
+        self._slots = asyncio.Semaphore(config.max_concurrency)
 
     async def start(self) -> None:
         cfg = self._config
@@ -101,15 +121,83 @@ class Forwarder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             target = map_target(scope["raw_path"], scope["query_string"])
-            inbound = request_headers(scope["headers"])
         except BadTarget as exc:
             code = "not_found" if exc.status == 404 else "invalid_request"
             await send_error(send, exc.status, code, exc.message)
             return
-        refusal = self._refusal(inbound)
+        try:
+            inbound = request_headers(scope["headers"])
+        except BadTarget as exc:
+            # Framing the proxy cannot trust: answer and close, so nothing that followed on
+            # this connection is read as another request (test-plan A1).
+            await send_error(send, exc.status, "invalid_request", exc.message, _CLOSE)
+            return
+        refusal = self._refusal(inbound, scope)
         if refusal is not None:
             await send_error(send, 403, *refusal)
             return
+        if self._config.keys and not self._key_ok(inbound.presented):
+            await send_error(send, 401, "invalid_api_key", _KEY_MESSAGE, _KEY_CHALLENGE)
+            return
+        verdict = self._config.policy.decide(scope["method"], target.path)
+        if verdict != 200:
+            await self._refuse_operation(send, verdict, scope["method"], target.path)
+            return
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._config.queue_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                await send_error(
+                    send,
+                    503,
+                    "upstream_pool_exhausted",
+                    f"foundry-proxy is at its limit of {self._config.max_concurrency} requests "
+                    "in flight (FOUNDRY_PROXY_MAX_CONCURRENCY); retry shortly",
+                    [(b"retry-after", b"1")],
+                )
+                return
+        else:
+            await self._slots.acquire()
+        try:
+            await self._forward(scope, receive, send, target, inbound)
+        finally:
+            self._slots.release()
+
+    def _key_ok(self, presented: list[str] | None) -> bool:
+        """Whether one of the presented values is an inbound key, in constant time: every
+        presented value is compared with every key, whatever matched earlier."""
+        found = False
+        for value in presented or ():
+            candidate = value.encode()
+            for key in self._config.keys:
+                found |= hmac.compare_digest(candidate, key)
+        return found
+
+    async def _refuse_operation(self, send: Send, verdict: int, method: str, path: str) -> None:
+        if verdict == 405:
+            allowed = self._config.policy.allowed_methods(path)
+            await send_error(
+                send,
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed on {path} by foundry-proxy's policy "
+                f"(allowed: {', '.join(allowed)}; see FOUNDRY_PROXY_ALLOW)",
+                [(b"allow", ", ".join(allowed).encode())],
+            )
+            return
+        await send_error(
+            send,
+            403,
+            "operation_not_allowed",
+            f"{method} {path} is not an operation foundry-proxy forwards by default; an operator "
+            "can allow it with FOUNDRY_PROXY_ALLOW (for example FOUNDRY_PROXY_ALLOW="
+            f"'{method} {path}')",
+        )
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, target: Target, inbound: Inbound
+    ) -> None:
         headers, length = inbound.headers, inbound.length
         token_scope = self._config.projects_scope if target.projects else self._config.scope
         if length is not None and length > self._config.max_body_bytes:
@@ -147,7 +235,7 @@ class Forwarder:
         finally:
             watch.stop()
 
-    def _refusal(self, inbound: Inbound) -> tuple[str, str] | None:
+    def _refusal(self, inbound: Inbound, scope: Scope) -> tuple[str, str] | None:
         """Refuse what a web page could send: DNS rebinding and cross-site requests.
 
         A page that rebinds its own name to 127.0.0.1 sends its own name as Host; a page
@@ -156,7 +244,9 @@ class Forwarder:
         """
         cfg = self._config
         host = inbound.host
-        if cfg.loopback_only and host and host not in self._loopback_hosts:
+        # Over a Unix socket (uvicorn gives no port for it) no browser can be the caller.
+        unix = scope.get("server") is not None and scope["server"][1] is None
+        if cfg.loopback_only and host and host not in self._loopback_hosts and not unix:
             if not is_loopback_host(host_of_authority(host)):
                 return "forbidden_host", (
                     "the Host header names a host other than this machine's loopback address; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from types import MappingProxyType
 
 import aiohttp
@@ -32,7 +33,7 @@ async def send_error(
     status: int,
     code: str,
     message: str,
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     body = error_body(status, code, message)
     headers = [
@@ -40,8 +41,7 @@ async def send_error(
         (b"content-length", str(len(body)).encode()),
         (b"x-foundry-proxy-error", code.encode()),
     ]
-    if extra_headers:
-        headers += extra_headers
+    headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -47,6 +47,7 @@ class Target:
 
     path_qs: str
     projects: bool
+    path: str  # path_qs without the query: what the method and path policy judges
 
 
 def _check_path(raw: bytes) -> None:
@@ -89,7 +90,7 @@ def map_target(raw_path: bytes, query: bytes) -> Target:
     if query and not _QUERY_BYTES.issuperset(query):
         raise BadTarget(400, "the query string contains characters that are not allowed")
     path = upstream + raw_path[len(local) :].decode("ascii")
-    return Target(path + "?" + query.decode("ascii") if query else path, projects)
+    return Target(path + "?" + query.decode("ascii") if query else path, projects, path)
 
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus their common non-standard relatives.
@@ -130,6 +131,9 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"x-method-override",
 }
 _REQUEST_DROP_PREFIXES = (b"x-forwarded-", b"x-envoy-")
+# Where a client may present an inbound key (the OpenAI SDKs send Authorization: Bearer, the
+# AzureOpenAI SDKs api-key).
+_KEY_HEADERS = frozenset({b"authorization", b"api-key"})
 
 # Response fields that describe the upstream hop, or that would leak between local callers.
 _RESPONSE_DROP = HOP_BY_HOP | {b"set-cookie", b"set-cookie2", b"alt-svc"}
@@ -153,6 +157,8 @@ class Inbound:
     host: str | None = None
     origin: str | None = None
     cross_site: bool = False  # Sec-Fetch-Site: cross-site (a browser, another site's page)
+    # What the client presented as a key (checked against inbound keys, never forwarded).
+    presented: list[str] | None = None
 
 
 def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
@@ -165,7 +171,7 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
     listed = _connection_tokens(raw) if any(n == b"connection" for n, _ in raw) else None
     inbound = Inbound([])
     out = inbound.headers
-    encodings = False
+    encodings = chunked = False
     try:
         for name, value in raw:
             if name in _REQUEST_DROP or name.startswith(_REQUEST_DROP_PREFIXES):
@@ -175,6 +181,16 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
                     inbound.length = int(value)
                 elif name == b"host":
                     inbound.host = value.decode()
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name in _KEY_HEADERS:
+                    if inbound.presented is None:
+                        inbound.presented = []
+                    key = value.decode().strip()
+                    if name == b"authorization":
+                        scheme, _, key = key.partition(" ")
+                        key = key.strip() if scheme.lower() == "bearer" else ""
+                    inbound.presented.append(key)
                 continue
             if listed and name in listed:
                 continue
@@ -187,6 +203,10 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
             out.append((name.decode(), value.decode()))
     except UnicodeDecodeError:
         raise BadTarget(400, "a request header is not valid UTF-8") from None
+    if chunked and inbound.length is not None:
+        # RFC 9112 section 6.1: a message with both may be a smuggling attempt; a proxy should
+        # refuse it and close the connection (nginx has since 1.21.1). Test-plan A1.
+        raise BadTarget(400, "Content-Length together with Transfer-Encoding is not accepted")
     if not encodings:
         # Bodies pass through undecoded, so the upstream may compress only what the client
         # said it can decode; without this the HTTP client would offer gzip on its behalf.

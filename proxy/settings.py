@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.addresses import is_loopback_host
 from proxy.errors import ConfigError
+from proxy.policy import DEFAULT_RULES, OPEN_RULES, Rule, parse_rules
 
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 AI_PROJECTS_SCOPE = "https://ai.azure.com/.default"
@@ -228,6 +229,60 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the proxy (comma-separated); none by default, so a web
     # page can neither read answers nor spend quota through a user's proxy.
     allowed_origins: Annotated[str, _env("FOUNDRY_PROXY_ALLOWED_ORIGINS")] = ""
+    # Which operations may be forwarded (policy.py): inference and reads by default.
+    policy: Annotated[Literal["default", "open"], _env("FOUNDRY_PROXY_POLICY")] = "default"
+    allow: Annotated[str, _env("FOUNDRY_PROXY_ALLOW")] = ""
+    deny: Annotated[str, _env("FOUNDRY_PROXY_DENY")] = ""
+    # Inbound keys: when set, every proxied request must carry one (Authorization: Bearer or
+    # api-key); they are compared in constant time and never forwarded.
+    api_keys: Annotated[SecretStr | None, _env("FOUNDRY_PROXY_API_KEYS")] = None
+    api_keys_file: Annotated[Path | None, _env("FOUNDRY_PROXY_API_KEYS_FILE")] = None
+    # In-flight requests at most; more wait up to queue_timeout, then get 503. Keeps the
+    # upstream pool from being exhausted (aiohttp would queue for a connection without limit).
+    max_concurrency: Annotated[int, _env("FOUNDRY_PROXY_MAX_CONCURRENCY"), Field(ge=1)] = 1024
+    queue_timeout: Annotated[float, _env("FOUNDRY_PROXY_QUEUE_TIMEOUT"), Field(ge=0)] = 10.0
+    # Slowloris: the whole request head must arrive within this many seconds.
+    head_timeout: Annotated[float, _env("FOUNDRY_PROXY_HEAD_TIMEOUT"), Field(gt=0)] = 10.0
+    max_header_bytes: Annotated[
+        int, _env("FOUNDRY_PROXY_MAX_HEADER_BYTES"), Field(ge=1024, le=1024 * 1024)
+    ] = 64 * 1024
+    # A Unix domain socket to listen on as well (mode 0600): pod-local callers on a shared
+    # volume, unreachable from the network and from other users.
+    uds: Annotated[Path | None, _env("FOUNDRY_PROXY_UDS")] = None
+
+    def rules(self) -> tuple[list[Rule], list[Rule]]:
+        """The policy's allow and deny rules (validated at load time)."""
+        base = OPEN_RULES if self.policy == "open" else DEFAULT_RULES
+        return parse_rules(",".join(base)) + parse_rules(self.allow), parse_rules(self.deny)
+
+    def inbound_keys(self) -> list[str]:
+        """The accepted inbound keys: FOUNDRY_PROXY_API_KEYS (comma-separated) and the lines
+        of FOUNDRY_PROXY_API_KEYS_FILE (read at startup; '#' starts a comment)."""
+        keys = []
+        if self.api_keys is not None:
+            keys += [k.strip() for k in self.api_keys.get_secret_value().split(",")]
+        if self.api_keys_file is not None:
+            text = self.api_keys_file.read_text(encoding="utf-8")
+            keys += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        return [k for k in keys if k]
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _check_rules(cls, v: str) -> str:
+        parse_rules(v)
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        keys = [k.strip() for k in v.get_secret_value().split(",") if k.strip()]
+        if not keys:
+            raise ValueError("is empty")
+        if any(len(k) < 16 for k in keys):
+            raise ValueError("each key must be at least 16 characters (use a random string)")
+        return v
 
     @property
     def origins(self) -> frozenset[str]:
@@ -326,7 +381,11 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "client_secret_file", "federated_token_file", "client_certificate_path", "token_ca_bundle"
+        "client_secret_file",
+        "federated_token_file",
+        "client_certificate_path",
+        "token_ca_bundle",
+        "api_keys_file",
     )
     @classmethod
     def _check_file(cls, v: Path | None) -> Path | None:
@@ -456,10 +515,23 @@ class Settings(BaseSettings):
     def problems_beyond_fields(self) -> list[str]:
         """Cross-field rules: the credential's settings, bind policy."""
         problems = self._credential_problems()
-        if not is_loopback_host(self.host) and not self.allow_remote:
+        try:
+            keys = self.inbound_keys()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"FOUNDRY_PROXY_API_KEYS_FILE: cannot be read ({type(exc).__name__})")
+            keys = ["unreadable"]
+        if self.max_concurrency > self.pool_size:
+            problems.append(
+                "FOUNDRY_PROXY_MAX_CONCURRENCY: must not exceed FOUNDRY_PROXY_POOL_SIZE, or "
+                "requests would queue for an upstream connection without a time limit"
+            )
+        if self.api_keys_file is not None and not keys:
+            problems.append("FOUNDRY_PROXY_API_KEYS_FILE: holds no key")
+        if not is_loopback_host(self.host) and not keys and not self.allow_remote:
             problems.append(
                 f"FOUNDRY_PROXY_HOST: {self.host!r} is not a loopback address; anyone who can "
-                "reach it can spend this identity's quota. Bind 127.0.0.1, or set "
+                "reach it can spend this identity's quota. Bind 127.0.0.1, or require inbound "
+                "keys (FOUNDRY_PROXY_API_KEYS or FOUNDRY_PROXY_API_KEYS_FILE), or set "
                 "FOUNDRY_PROXY_ALLOW_REMOTE=true (--allow-remote) if the network is trusted"
             )
         return problems
@@ -479,6 +551,8 @@ class Settings(BaseSettings):
         if self.client_secret_file is not None:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 secrets.append(self.client_secret_file.read_text(encoding="utf-8").strip())
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            secrets += self.inbound_keys()
         return [s for s in secrets if s]
 
     def warnings(self) -> list[str]:

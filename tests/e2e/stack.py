@@ -138,6 +138,9 @@ class Stack:
                 "AZURE_CLIENT_ID": CLIENT_ID,
                 "AZURE_CLIENT_SECRET": self.secret,
                 "FOUNDRY_PROXY_LOG_LEVEL": "debug",
+                # The fakes' test routes (status codes, redirects, truncation...) are not real
+                # Azure operations; the default policy has its own tests (test_policy.py).
+                "FOUNDRY_PROXY_POLICY": "open",
             }
             | env
         )

@@ -1,0 +1,154 @@
+"""The method and path policy: which upstream operations a local caller may reach.
+
+The token can do anything the identity's role allows on the resource (delete files, cancel
+batches, start fine-tuning jobs), and anything that can reach the port can use it. So the
+proxy forwards only an allow-list of (method, path pattern) pairs: by default inference and
+reads. Operators widen it (FOUNDRY_PROXY_ALLOW), tighten it (FOUNDRY_PROXY_DENY, which wins),
+or open it whole (FOUNDRY_PROXY_POLICY=open).
+
+Rules are checked against the upstream path exactly as it will be sent (after route mapping,
+without the query): the string decided on is the string forwarded (test-plan C28). Standard
+library only, like rewrite.py.
+
+Rule syntax: ``METHOD /path/pattern``, where METHOD is a method name or ``*``, a ``*`` segment
+matches one path segment and a final ``**`` any number of segments (zero included).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_INFERENCE = (
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "audio/transcriptions",
+    "audio/translations",
+    "audio/speech",
+    "images/generations",
+    "images/edits",
+)
+_READS = (
+    "models",
+    "models/*",
+    "files",
+    "files/*",
+    "files/*/content",
+    "batches",
+    "batches/*",
+    "responses/*",
+    "responses/*/input_items",
+)
+
+
+def _v1(prefix: str) -> list[str]:
+    return [
+        *(f"POST {prefix}/{op}" for op in (*_INFERENCE, "responses", "responses/*/cancel")),
+        *(f"GET {prefix}/{path}" for path in _READS),
+    ]
+
+
+#: Inference and reads on every route family (azure-protocols.md section 5). Uploads, batch
+#: creation, deletions, fine-tuning, assistants and vector stores need FOUNDRY_PROXY_ALLOW.
+DEFAULT_RULES: tuple[str, ...] = (
+    *_v1("/openai/v1"),
+    *_v1("/api/projects/*/openai/v1"),
+    *_v1("/openai"),
+    *(f"POST /openai/deployments/*/{op}" for op in _INFERENCE),
+    "GET /openai/deployments",
+    "GET /openai/deployments/*",
+    "POST /models/chat/completions",
+    "POST /models/embeddings",
+    "POST /models/images/embeddings",
+    "GET /models/info",
+    "GET /api/projects/*/deployments",
+    "GET /api/projects/*/deployments/*",
+)
+#: FOUNDRY_PROXY_POLICY=open: everything under the four route families.
+OPEN_RULES: tuple[str, ...] = (
+    "* /openai/**",
+    "* /models/**",
+    "* /api/projects/**",
+)
+
+_METHOD = re.compile(r"^[A-Z]+$|^\*$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()+,;=:@-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    method: str  # upper case, or "*"
+    pattern: str
+
+    def regex(self) -> str:
+        segments = self.pattern.strip("/").split("/")
+        parts = []
+        for i, segment in enumerate(segments):
+            if segment == "**":
+                if i != len(segments) - 1:
+                    raise ValueError(f"{self.pattern}: ** may only end a pattern")
+                parts.append("(?:/[^/]+)*")
+            elif segment == "*":
+                parts.append("/[^/]+")
+            elif _SEGMENT.match(segment):
+                parts.append("/" + re.escape(segment))
+            else:
+                raise ValueError(f"{self.pattern}: {segment!r} is not a valid path segment")
+        return "".join(parts)
+
+
+def parse_rules(text: str) -> list[Rule]:
+    """``"POST /openai/v1/files, GET /openai/v1/files/*"`` -> rules; ValueError names the bad
+    item."""
+    rules = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        fields = item.split()
+        if len(fields) != 2 or not _METHOD.match(fields[0].upper()) or fields[1][:1] != "/":
+            raise ValueError(f"{item!r} is not METHOD /path (for example POST /openai/v1/files)")
+        rule = Rule(fields[0].upper(), fields[1])
+        rule.regex()  # raises ValueError for a bad pattern
+        rules.append(rule)
+    return rules
+
+
+def _compile(rules: list[Rule]) -> dict[str, re.Pattern[str]]:
+    methods = {r.method for r in rules if r.method != "*"} | {"GET", "HEAD", "POST", "DELETE"}
+    compiled: dict[str, re.Pattern[str]] = {}
+    for method in methods | {"*"}:
+        chosen = [r.regex() for r in rules if r.method in (method, "*")]
+        if method == "HEAD":  # HEAD is GET without a body (RFC 9110 section 9.3.2)
+            chosen += [r.regex() for r in rules if r.method == "GET"]
+        if chosen:
+            compiled[method] = re.compile("|".join(f"(?:{c})" for c in chosen))
+    return compiled
+
+
+class Policy:
+    """Decides (method, upstream path) -> forward, 403 or 405."""
+
+    def __init__(self, allow: list[Rule], deny: list[Rule] | None = None) -> None:
+        self._allow = _compile(allow)
+        self._deny = _compile(deny or [])
+
+    def _matches(self, table: dict[str, re.Pattern[str]], method: str, path: str) -> bool:
+        pattern = table.get(method) or table.get("*")
+        return pattern is not None and pattern.fullmatch(path) is not None
+
+    def decide(self, method: str, path: str) -> int:
+        """200 to forward; 405 when the path is allowed for other methods; else 403."""
+        if self._matches(self._allow, method, path) and not self._matches(self._deny, method, path):
+            return 200
+        return 405 if self.allowed_methods(path) else 403
+
+    def allowed_methods(self, path: str) -> list[str]:
+        return sorted(
+            m
+            for m in self._allow
+            if m != "*"
+            and self._matches(self._allow, m, path)
+            and not self._matches(self._deny, m, path)
+        )
