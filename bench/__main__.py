@@ -265,6 +265,9 @@ http {{
             "AZURE_CLIENT_SECRET": SECRET,
             "FOUNDRY_PROXY_LOG_LEVEL": "warning",
             "FOUNDRY_PROXY_POOL_SIZE": "4096",
+            "FOUNDRY_PROXY_MAX_CONCURRENCY": "4096",
+            # The benchmark's stream and slow routes are not Azure operations.
+            "FOUNDRY_PROXY_POLICY": "open",
         }
         self.proxy_env = env
         proxy = self.spawn([self.python, "-m", "proxy", "--port", str(fp)], 0, env)
