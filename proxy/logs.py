@@ -18,6 +18,13 @@ _PATTERNS = (
     re.compile(
         r"(?i)((?:client_secret|client_assertion|access_token|api[-_]key|password)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
     ),
+    # Credential-bearing headers however a header map is printed: "name: value",
+    # {'name': 'value'} or ('name', 'value'), bytes included (test-plan D41). The whole value
+    # goes, whatever its scheme (Basic, a cookie list, a subscription key).
+    re.compile(
+        r"(?i)((?:authorization|proxy-authorization|ocp-apim-subscription-key|x-api-key"
+        r"|x-identity-header|set-cookie|cookie)[\"']?\s*[:=,]\s*b?[\"']?)[^\"'\r\n)}\]]+"
+    ),
 )
 REDACTED = "[redacted]"
 

@@ -32,3 +32,27 @@ def test_token_shapes_are_redacted() -> None:
     assert jwt not in text
     assert REDACTED in text
     assert "client_secret=[redacted]" in fmt("form client_secret=s3cr3t&scope=x")
+
+
+def test_d41_credential_headers_are_redacted_in_any_header_map_format() -> None:
+    values = {
+        "authorization": "Basic dXNlcjpwYXNzd29yZA==",
+        "Ocp-Apim-Subscription-Key": "0123456789abcdef0123456789abcdef",
+        "x-api-key": "sk-live-abcdef",
+        "cookie": "session=abc; other=def",
+        "set-cookie": "id=xyz; HttpOnly",
+        "x-identity-header": "platform-secret-value",
+    }
+    shapes = [
+        str(values),
+        str(list(values.items())),
+        str([(k.encode(), v.encode()) for k, v in values.items()]),
+        "\r\n".join(f"{k}: {v}" for k, v in values.items()),
+    ]
+    for shape in shapes:
+        text = fmt("headers %s", shape)
+        for value in values.values():
+            assert value not in text, (shape, text)
+        assert "session=abc" not in text
+    # Harmless headers survive, so logs stay useful.
+    assert "application/json" in fmt("%s", {"content-type": "application/json"})
