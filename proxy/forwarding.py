@@ -126,6 +126,8 @@ class Forwarder:
             await send_error(send, exc.status, code, exc.message)
             return
         try:
+            if scope["http_version"] not in ("1.1", "1.0"):
+                raise BadTarget(400, "only HTTP/1.1 and HTTP/1.0 requests are accepted")
             inbound = request_headers(scope["headers"])
         except BadTarget as exc:
             # Framing the proxy cannot trust: answer and close, so nothing that followed on

@@ -91,6 +91,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # from one stops the parser, and uvicorn answers through send_400_response (below).
     def on_url(self, url: bytes) -> None:
         self._grow(len(url))
+        if not self.url and not url.startswith(b"/"):
+            # Absolute-form ("http://host/x"), authority-form (CONNECT) and "*" targets: a
+            # reverse proxy serves origin-form only (RFC 9112 section 3.2), and a target naming
+            # another host must never look like a path of ours (test-plan A6, A7).
+            raise ValueError("request target is not in origin form")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -104,6 +109,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             raise ValueError("request head too large")
 
     def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to anything the parser refused, in the proxy's error shape.
         if self._oversized:
             self._refuse(
                 431,
@@ -112,12 +118,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 f"the request head is larger than {self.max_header_bytes} bytes",
             )
             return
-        super().send_400_response(msg)
+        self._refuse(400, "Bad Request", "invalid_request", "malformed or unsupported request")
+
+    def _should_upgrade(self) -> bool:
+        # A WebSocket handshake is a GET (RFC 6455 section 4.1); uvicorn would hand any method
+        # to the WebSocket protocol, which then never answers a POST.
+        return super()._should_upgrade() and self.parser.get_method() == b"GET"
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
+        other_upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+        if other_upgrade and any(
+            (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
+            for name, value in self.headers
+        ):
+            # The parser stops at an upgrade head and uvicorn feeds it nothing more, so a body
+            # would be lost while the request went upstream without it. Refuse (B25).
+            raise ValueError("protocol upgrade with a request body")
         super().on_headers_complete()
+        if other_upgrade and self.cycle is not None:
+            # Served as a plain request (Upgrade is hop-by-hop and not forwarded); bytes after
+            # the head are never read, so the connection must end with this response.
+            self.cycle.keep_alive = False
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -147,7 +170,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(_reply(status, reason, code, message))
+        elif not cycle.response_started:
+            # The request is with the app, which has not answered yet (a bad chunk in its
+            # body, say): answer for it, and let it see a disconnect from now on.
+            cycle.disconnected = True
+            cycle.message_event.set()
             self.transport.write(_reply(status, reason, code, message))
         self.transport.close()
 

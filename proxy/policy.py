@@ -73,6 +73,9 @@ OPEN_RULES: tuple[str, ...] = (
 )
 
 _METHOD = re.compile(r"^[A-Z]+$|^\*$")
+# What "*" means in a rule, and all the policy ever forwards: no TRACE (cross-site tracing),
+# CONNECT or WebDAV methods, which no Azure OpenAI or Foundry operation uses.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 _SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()+,;=:@-]+$")
 
 
@@ -140,6 +143,8 @@ class Policy:
 
     def decide(self, method: str, path: str) -> int:
         """200 to forward; 405 when the path is allowed for other methods; else 403."""
+        if method not in METHODS:
+            return 405
         if self._matches(self._allow, method, path) and not self._matches(self._deny, method, path):
             return 200
         return 405 if self.allowed_methods(path) else 403

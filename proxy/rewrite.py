@@ -172,6 +172,7 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
     inbound = Inbound([])
     out = inbound.headers
     encodings = chunked = False
+    hosts = 0
     try:
         for name, value in raw:
             if name in _REQUEST_DROP or name.startswith(_REQUEST_DROP_PREFIXES):
@@ -180,8 +181,13 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
                         raise BadTarget(400, "the Content-Length header is not a number")
                     inbound.length = int(value)
                 elif name == b"host":
+                    hosts += 1
                     inbound.host = value.decode()
                 elif name == b"transfer-encoding":
+                    # Only plain chunked framing (RFC 9112 section 6.1): with any other coding
+                    # the body would go upstream still encoded and without saying so.
+                    if value.strip().lower() != b"chunked" or chunked:
+                        raise BadTarget(400, "only Transfer-Encoding: chunked is accepted")
                     chunked = True
                 elif name in _KEY_HEADERS:
                     if inbound.presented is None:
@@ -203,6 +209,10 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
             out.append((name.decode(), value.decode()))
     except UnicodeDecodeError:
         raise BadTarget(400, "a request header is not valid UTF-8") from None
+    if hosts != 1 or not inbound.host:
+        # RFC 9112 section 3.2: a request without exactly one Host is answered 400; the
+        # rebinding check needs the one Host there is.
+        raise BadTarget(400, "the request must carry exactly one non-empty Host header")
     if chunked and inbound.length is not None:
         # RFC 9112 section 6.1: a message with both may be a smuggling attempt; a proxy should
         # refuse it and close the connection (nginx has since 1.21.1). Test-plan A1.

@@ -1,0 +1,87 @@
+"""Shared checks for the security suite: the invariants every case asserts (test plan section 3:
+the process is alive, no 500 or traceback, no canary in an answer, nothing reached another host)
+and helpers to read what the upstream saw."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.e2e.stack import Stack
+from tests.fakes.evil import EvilListeners
+from tests.fakes.rawsock import Exchange
+
+# Local prefix -> upstream prefix (DESIGN.md, "Routes proxied").
+ROUTES = (
+    ("/v1/", "/openai/v1/"),
+    ("/openai/", "/openai/"),
+    ("/models/", "/models/"),
+    ("/api/projects/", "/api/projects/"),
+)
+# What the proxy logs when an exception escapes the app (uvicorn) or a task dies (asyncio).
+CRASH_MARKERS = ("Traceback", "Exception in ASGI application", "Task exception was never retrieved")
+
+
+def mapped(local_path: str) -> str | None:
+    """The upstream path DESIGN.md maps a local path to, or None when it is not a route."""
+    for local, upstream in ROUTES:
+        if local_path.startswith(local):
+            return upstream + local_path[len(local) :]
+    return None
+
+
+def local_candidates(upstream_path: str) -> list[str]:
+    """Every local path that maps onto ``upstream_path``."""
+    return [
+        local + upstream_path[len(upstream) :]
+        for local, upstream in ROUTES
+        if upstream_path.startswith(upstream)
+    ]
+
+
+_SAFE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+_BAD_ESCAPE = re.compile(r"%(2[eEfF5]|5[cC]|[01][0-9a-fA-F]|7[fF]|[89a-fA-F][0-9a-fA-F])")
+
+
+def unsafe_upstream_path(path: str) -> str | None:
+    """Why ``path`` should never have reached the upstream, or None if it is a clean path."""
+    if not any(path.startswith(upstream) for _, upstream in ROUTES):
+        return "not under a proxied route"
+    if not _SAFE.match(path):
+        return "characters outside RFC 3986 pchar"
+    segments = path.split("/")[1:]
+    if any(s in ("", ".", "..") or s.startswith((".;", "..;")) for s in segments):
+        return "empty or dot segment"
+    if _BAD_ESCAPE.search(path):
+        return "encoded dot, slash, percent, backslash, control or non-ASCII"
+    return None
+
+
+def proxy_log_lines(stack: Stack) -> int:
+    assert stack.proxy is not None
+    return len(stack.proxy.lines)
+
+
+def assert_healthy(stack: Stack, evil: EvilListeners, log_from: int = 0) -> None:
+    """The proxy is alive, logged no crash since ``log_from``, and nothing hit an evil host."""
+    assert stack.proxy is not None
+    assert stack.proxy.proc.poll() is None, "the proxy process died:\n" + stack.proxy.log[-3000:]
+    new_log = "".join(stack.proxy.lines[log_from:])
+    crashes = [m for m in CRASH_MARKERS if m in new_log]
+    assert not crashes, f"the proxy logged {crashes}:\n{new_log[-3000:]}"
+    assert evil.hits == [], f"an evil listener was reached: {evil.hits}"
+
+
+def assert_clean_answer(stack: Stack, ex: Exchange) -> None:
+    """No 500, no traceback and no token or secret in anything the proxy sent back."""
+    assert 500 not in ex.statuses, ex.text[:2000]
+    assert "Traceback" not in ex.text
+    assert not stack.leaks(ex.text), "a token or secret reached a client"
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of ``pid`` in KiB (VmRSS now, or VmHWM: the peak so far)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
