@@ -572,6 +572,28 @@ class Settings(BaseSettings):
                     f"{self.credential}"
                 )
         out += self._cloud_warnings()
+        out += self._exposed_secret_files()
+        return out
+
+    def _exposed_secret_files(self) -> list[str]:
+        """Secret files every local user can read (test-plan D38). A warning, not an error:
+        Kubernetes mounts Secrets 0644 unless told otherwise, and inside a pod that may be
+        acceptable; on a shared machine it is not."""
+        out = []
+        for path, name in (
+            (self.client_secret_file, "AZURE_CLIENT_SECRET_FILE"),
+            (self.client_certificate_path, "AZURE_CLIENT_CERTIFICATE_PATH"),
+            (self.api_keys_file, "FOUNDRY_PROXY_API_KEYS_FILE"),
+        ):
+            try:
+                mode = path.stat().st_mode if path is not None else 0
+            except OSError:
+                continue
+            if mode & 0o004:
+                out.append(
+                    f"{name} ({path}) can be read by every user of this machine: chmod 600 it "
+                    "(in Kubernetes, defaultMode: 0400 on the Secret volume)"
+                )
         return out
 
     def _cloud_warnings(self) -> list[str]:

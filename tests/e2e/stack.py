@@ -6,6 +6,7 @@ only through its environment; its stderr is captured so tests can read (and scan
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -158,8 +160,20 @@ class Stack:
         return self.proxy.url
 
     def canaries(self) -> list[str]:
-        """Strings that must never appear in a log or a response."""
-        return [self.secret, self.secret[-12:], *self.issuer.canaries()]
+        """Strings that must never appear in a log or a response: the secret, its random part's
+        first and last 8 characters, its base64 and URL-encoded forms (test-plan D35), and
+        every token issued."""
+        random_part = self.secret.removeprefix("CANARY-SECRET-")
+        encoded = base64.b64encode(self.secret.encode()).decode()
+        return [
+            self.secret,
+            random_part[:8],
+            random_part[-8:],
+            encoded,
+            encoded.rstrip("="),
+            urllib.parse.quote(self.secret, safe=""),
+            *self.issuer.canaries(),
+        ]
 
     def leaks(self, text: str) -> list[str]:
         return [c for c in self.canaries() if c in text]

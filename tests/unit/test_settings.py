@@ -280,3 +280,15 @@ def test_token_egress_settings(tmp_path: Path) -> None:
         "FOUNDRY_PROXY_TOKEN_CA_BUNDLE:"
         in problems(**GOOD | {"token_ca_bundle": str(tmp_path / "missing.pem")})[0]
     )
+
+
+def test_d38_world_readable_secret_files_warn(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    secret_file.chmod(0o644)
+    values = {k: v for k, v in GOOD.items() if k != "client_secret"}
+    s = load_settings(**values | {"client_secret_file": str(secret_file)})
+    assert any("can be read by every user" in w for w in s.warnings())
+    assert all(SECRET not in w for w in s.warnings())
+    secret_file.chmod(0o600)
+    assert not any("can be read by every user" in w for w in s.warnings())
