@@ -119,17 +119,22 @@ def test_bad_secret_is_reported_without_hot_loop(fresh_stack: Stack) -> None:
 
 
 def test_cold_burst_makes_one_token_call(fresh_stack: Stack) -> None:
-    """E43: requests arriving before the first token all wait for the same single call."""
+    """E43: 500 requests arriving before the first token all wait for one single call."""
+    import asyncio
+
     s = fresh_stack
     s.entra.delay = 1.0
     s.start_proxy(ready=False)
 
-    def one(_: int) -> int:
-        return httpx2.post(s.url + "/v1/chat/completions", json=CHAT, timeout=20).status_code
+    async def burst() -> list[int]:
+        limits = httpx2.Limits(max_connections=500, max_keepalive_connections=500)
+        async with httpx2.AsyncClient(timeout=30, limits=limits) as client:
+            replies = await asyncio.gather(
+                *(client.post(s.url + "/v1/chat/completions", json=CHAT) for _ in range(500))
+            )
+        return [r.status_code for r in replies]
 
-    with ThreadPoolExecutor(40) as pool:
-        statuses = list(pool.map(one, range(40)))
-    assert statuses == [200] * 40
+    assert asyncio.run(burst()) == [200] * 500
     assert len(s.entra.calls) == 1
 
 
