@@ -14,20 +14,25 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from proxy.access import AccessLog
 from proxy.addresses import is_loopback_host
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.credentials.factory import TokenClients
 from proxy.forwarding import Forwarder, UpstreamConfig
 from proxy.logs import configure_logging
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.metrics import Metrics
 from proxy.policy import Policy
 from proxy.settings import Settings
 
 
-def _upstream_config(settings: Settings) -> UpstreamConfig:
+def _upstream_config(
+    settings: Settings, metrics: Metrics | None, access: AccessLog
+) -> UpstreamConfig:
     return UpstreamConfig(
         origin=settings.upstream,
         scope=settings.scope,
@@ -44,10 +49,12 @@ def _upstream_config(settings: Settings) -> UpstreamConfig:
         keys=tuple(k.encode() for k in settings.inbound_keys()),
         max_concurrency=settings.max_concurrency,
         queue_timeout=settings.queue_timeout,
+        metrics=metrics,
+        access=access,
     )
 
 
-_PROBES = frozenset({"/healthz", "/readyz"})
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True)
@@ -75,16 +82,26 @@ def create_app(
     # proxy add their CA; httpx2 would ignore them with trust_env off.
     tls = ssl.create_default_context()
     clients = TokenClients.create(settings, tls)
+    credential = credential or credential_from_settings(settings, clients)
+    # The token series are read at scrape time, from the provider created just below.
+    metrics = Metrics(lambda: tokens.statuses(), credential.kind) if settings.metrics else None
     tokens = TokenProvider(
-        credential or credential_from_settings(settings, clients),
+        credential,
         primary_scope=settings.scope,
         wait_timeout=settings.token_wait,
+        observer=metrics.refreshed if metrics is not None else None,
     )
-    forwarder = Forwarder(_upstream_config(settings), tokens, tls)
+    access = AccessLog(settings.access_log, credential.kind)
+    forwarder = Forwarder(_upstream_config(settings, metrics, access), tokens, tls)
 
     async def healthz(request: Request) -> JSONResponse:
         # Liveness never depends on Entra: restarting would throw away a still-valid token.
         return JSONResponse({"status": "ok"})
+
+    async def metrics_text(request: Request) -> Response:
+        if metrics is None:
+            return JSONResponse({"error": "metrics are off (FOUNDRY_PROXY_METRICS)"}, 404)
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def readyz(request: Request) -> JSONResponse:
         status = tokens.status()
@@ -101,17 +118,20 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await forwarder.start()
         tokens.start()
+        access.start()
         try:
             yield
         finally:
             await forwarder.aclose()
             await tokens.aclose()
             await clients.aclose()
+            access.stop()
 
     framework = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", metrics_text, methods=["GET"]),
             Route("/{path:path}", forwarder),
         ],
         lifespan=lifespan,

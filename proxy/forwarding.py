@@ -13,18 +13,22 @@ import hmac
 import json
 import logging
 import ssl
+import time
+import uuid
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from proxy.access import AccessLog
 from proxy.addresses import host_of_authority, is_loopback_host
 from proxy.credentials.provider import TokenProvider
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
+from proxy.metrics import Exchange, Metrics
 from proxy.policy import Policy
 from proxy.replies import send_error, token_unavailable, too_large, upstream_failed
 from proxy.rewrite import (
@@ -35,6 +39,7 @@ from proxy.rewrite import (
     request_headers,
     response_headers,
 )
+from proxy.usage import JSON_LIMIT, STREAM_TAIL, from_json, from_stream_tail
 
 log = logging.getLogger("foundry_proxy.forward")
 
@@ -65,6 +70,8 @@ class UpstreamConfig:
     keys: tuple[bytes, ...]  # inbound keys; empty: none required
     max_concurrency: int
     queue_timeout: float
+    metrics: Metrics | None
+    access: AccessLog
 
 
 @dataclass(slots=True)
@@ -119,6 +126,34 @@ class Forwarder:
             await self._session.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cfg = self._config
+        x = Exchange(
+            scope["method"],
+            scope["raw_path"].decode("ascii", "backslashreplace"),
+            "none",
+            time.perf_counter(),
+        )
+        if cfg.metrics is not None:
+            cfg.metrics.in_flight.inc()
+        tap = _Tap(x, send, cfg.metrics)
+
+        async def counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                x.bytes_in += len(message.get("body", b""))
+            return message
+
+        try:
+            await self._handle(scope, counted, tap.send, x)
+        finally:
+            x.ended = time.perf_counter()
+            tap.finish()
+            if cfg.metrics is not None:
+                cfg.metrics.in_flight.dec()
+                cfg.metrics.observe(x)
+            cfg.access.record(x)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, x: Exchange) -> None:
         try:
             target = map_target(scope["raw_path"], scope["query_string"])
         except BadTarget as exc:
@@ -141,6 +176,12 @@ class Forwarder:
         if self._config.keys and not self._key_ok(inbound.presented):
             await send_error(send, 401, "invalid_api_key", _KEY_MESSAGE, _KEY_CHALLENGE)
             return
+        x.route, x.deployment = _route(target.path)
+        if not inbound.client_request_id:
+            # Sent upstream and logged, so one id ties a line of ours to Azure's records.
+            inbound.client_request_id = str(uuid.uuid4())
+            inbound.headers.append(("x-ms-client-request-id", inbound.client_request_id))
+        x.client_request_id = inbound.client_request_id
         verdict = self._config.policy.decide(scope["method"], target.path)
         if verdict != 200:
             await self._refuse_operation(send, verdict, scope["method"], target.path)
@@ -400,3 +441,78 @@ async def _relay(send: Send, response: aiohttp.ClientResponse) -> bool:
             "upstream response broke off (%s); closing the client connection", type(exc).__name__
         )
         return False
+
+
+def _route(path: str) -> tuple[str, str]:
+    """The route family of an upstream path, for metrics and logs, and the deployment when the
+    path names one (``/openai/deployments/{d}/...``)."""
+    if path.startswith("/openai/v1/"):
+        return "v1", ""
+    if path.startswith("/openai/deployments/"):
+        return "deployments", path.split("/", 4)[3]
+    if path.startswith("/openai/"):
+        return "openai", ""
+    if path.startswith("/models/"):
+        return "models", ""
+    return "projects", ""
+
+
+class _Tap:
+    """Sits on ``send``: notes status, timing, sizes and ids for an Exchange, and keeps a copy
+    of what usage can be read from (a small JSON body, or a stream's tail) without delaying or
+    changing a byte. Parsing happens in finish(), after the answer has gone out."""
+
+    __slots__ = ("_json", "_kept", "_metrics", "_send", "_stream", "x")
+
+    def __init__(self, x: Exchange, send: Send, metrics: Metrics | None) -> None:
+        self.x = x
+        self._send = send
+        self._metrics = metrics
+        self._kept = bytearray()
+        self._json = self._stream = False
+
+    async def send(self, message: Message) -> None:
+        x = self.x
+        if message["type"] == "http.response.start":
+            x.status = message["status"]
+            x.first_byte = time.perf_counter()
+            self._inspect(message["headers"])
+        else:
+            body = message.get("body", b"")
+            x.bytes_out += len(body)
+            if self._stream:
+                self._kept += body
+                if len(self._kept) > 2 * STREAM_TAIL:
+                    del self._kept[:-STREAM_TAIL]
+            elif self._json:
+                self._kept += body
+                if len(self._kept) > JSON_LIMIT:
+                    self._json = False
+                    self._kept.clear()
+        await self._send(message)
+
+    def _inspect(self, headers: list[tuple[bytes, bytes]]) -> None:
+        x = self.x
+        for name, value in headers:
+            if name == b"content-type":
+                if value.startswith(b"text/event-stream"):
+                    x.streamed = self._stream = True
+                    if self._metrics is not None:
+                        self._metrics.streams.inc()
+                else:
+                    self._json = value.startswith(b"application/json") and x.status == 200
+            elif name == b"apim-request-id":
+                x.apim_request_id = value.decode("latin-1")
+            elif name.startswith(b"x-ratelimit-remaining-"):
+                x.ratelimit[name[22:].decode("latin-1")] = value.decode("latin-1")
+            elif name == b"x-foundry-proxy-error" and value.startswith(b"upstream_"):
+                x.upstream_error = value.decode("latin-1")
+
+    def finish(self) -> None:
+        if self._stream:
+            if self._metrics is not None:
+                self._metrics.streams.dec()
+            self.x.usage = from_stream_tail(bytes(self._kept))
+        elif self._json and self._kept:
+            self.x.usage = from_json(bytes(self._kept))
+        self._kept = bytearray()

@@ -159,6 +159,7 @@ class Inbound:
     cross_site: bool = False  # Sec-Fetch-Site: cross-site (a browser, another site's page)
     # What the client presented as a key (checked against inbound keys, never forwarded).
     presented: list[str] | None = None
+    client_request_id: str = ""  # x-ms-client-request-id, forwarded as is
 
 
 def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
@@ -206,6 +207,8 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
                 inbound.cross_site = value == b"cross-site"
             elif name == b"accept-encoding":
                 encodings = True
+            elif name == b"x-ms-client-request-id":
+                inbound.client_request_id = value.decode()
             out.append((name.decode(), value.decode()))
     except UnicodeDecodeError:
         raise BadTarget(400, "a request header is not valid UTF-8") from None

@@ -249,6 +249,9 @@ class Settings(BaseSettings):
     # A Unix domain socket to listen on as well (mode 0600): pod-local callers on a shared
     # volume, unreachable from the network and from other users.
     uds: Annotated[Path | None, _env("FOUNDRY_PROXY_UDS")] = None
+    # /metrics in Prometheus text format, and the access log on stdout.
+    metrics: Annotated[bool, _env("FOUNDRY_PROXY_METRICS")] = True
+    access_log: Annotated[Literal["json", "text", "off"], _env("FOUNDRY_PROXY_ACCESS_LOG")] = "json"
 
     def rules(self) -> tuple[list[Rule], list[Rule]]:
         """The policy's allow and deny rules (validated at load time)."""

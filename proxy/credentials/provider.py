@@ -23,6 +23,7 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -140,6 +141,7 @@ class TokenProvider:
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        observer: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.credential = credential
         self.primary_scope = primary_scope
@@ -152,6 +154,8 @@ class TokenProvider:
             maxsize=64, ttu=lambda _k, held, _now: held.usable_until, timer=self._clock.monotonic
         )
         self._closed = False
+        #: Told (scope, succeeded) after every token call: the metrics' refresh counters.
+        self._observer = observer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -263,6 +267,10 @@ class TokenProvider:
         current = self.token_now(scope)
         return current if current != rejected else None
 
+    def statuses(self) -> list[TokenStatus]:
+        """The status of every scope in use (for metrics)."""
+        return [self.status(scope) for scope in list(self._scopes)]
+
     def status(self, scope: str | None = None) -> TokenStatus:
         scope = scope or self.primary_scope
         held = self._cache.get(scope)
@@ -338,6 +346,8 @@ class TokenProvider:
         state.failures = 0
         state.error = None
         state.notify()
+        if self._observer is not None:
+            self._observer(scope, True)
         log.log(
             logging.INFO if recovered or lifetime > 300 else logging.DEBUG,
             "token for %s acquired via %s (fingerprint %s, valid %.0f s, next refresh in %.0f s)",
@@ -371,6 +381,8 @@ class TokenProvider:
         if err.retry_after is not None:
             delay = max(delay, min(err.retry_after, policy.max_retry_after))
         state.notify()
+        if self._observer is not None:
+            self._observer(scope, False)
         log.warning(
             "token for %s not refreshed via %s: %s: %s%s (%s; retry in %.1f s)",
             scope,

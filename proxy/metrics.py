@@ -1,0 +1,189 @@
+"""Prometheus metrics: traffic, upstream errors, token health and model usage.
+
+One registry per app (never prometheus_client's global one: no module-level state, and two
+apps in one process, as in tests, do not mix their numbers). The forwarder hands each finished
+exchange to ``observe``; token series are read from the provider when scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.credentials.provider import TokenStatus
+from proxy.usage import Usage
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Model calls take from milliseconds (embeddings) to minutes (long generations).
+_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, filled in as it goes; read by metrics and the access log."""
+
+    method: str
+    path: str
+    route: str
+    started: float  # time.perf_counter()
+    status: int = 0
+    first_byte: float | None = None
+    ended: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    streamed: bool = False
+    deployment: str = ""
+    client_request_id: str = ""
+    apim_request_id: str = ""
+    upstream_error: str = ""  # the proxy's error code when the upstream failed
+    ratelimit: dict[str, str] = field(default_factory=dict)
+    usage: Usage | None = None
+
+    @property
+    def model(self) -> str:
+        return (self.usage.model if self.usage else "") or self.deployment
+
+
+class TokenCollector(Collector):
+    """Token health per scope, computed at scrape time from the provider's state."""
+
+    def __init__(self, statuses: Callable[[], Iterable[TokenStatus]], kind: str) -> None:
+        self._statuses = statuses
+        self._kind = kind
+        #: scope -> time.time() of the last successful refresh (set by Metrics.refreshed).
+        self.last_success: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        expires = GaugeMetricFamily(
+            "foundry_proxy_token_expires_in_seconds",
+            "Seconds until the held token for a scope stops being used (0 when none is held)",
+            labels=["scope"],
+        )
+        since = GaugeMetricFamily(
+            "foundry_proxy_token_seconds_since_last_refresh",
+            "Seconds since the last successful token refresh for a scope",
+            labels=["scope"],
+        )
+        failing = GaugeMetricFamily(
+            "foundry_proxy_token_refresh_failing",
+            "1 while the last token refresh failed (any scope), else 0",
+        )
+        error = InfoMetricFamily(
+            "foundry_proxy_token_last_error",
+            "The error code of the last failed refresh (AADSTS code or proxy code)",
+        )
+        now = time.time()
+        last_error = ""
+        for status in self._statuses():
+            expires.add_metric([status.scope], max(0.0, status.expires_in or 0.0))
+            if status.scope in self.last_success:
+                since.add_metric([status.scope], now - self.last_success[status.scope])
+            if status.error is not None:
+                last_error = status.error.code or type(status.error).__name__
+        failing.add_metric([], 1.0 if last_error else 0.0)
+        error.add_metric([], {"code": last_error, "credential": self._kind})
+        yield from (expires, since, failing, error)
+
+
+class Metrics:
+    def __init__(self, statuses: Callable[[], Iterable[TokenStatus]], kind: str) -> None:
+        # auto_describe off: the token collector reads the provider, which may not exist yet.
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter(
+            "foundry_proxy_requests",
+            "Requests answered, by route family, method, status class and streaming",
+            ["route", "method", "status", "streamed"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "foundry_proxy_request_duration_seconds",
+            "Time from request to the end of the answer",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "foundry_proxy_time_to_first_byte_seconds",
+            "Time from request to the first byte of the answer's headers",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "foundry_proxy_requests_in_flight", "Requests being handled", registry=r
+        )
+        self.streams = Gauge(
+            "foundry_proxy_open_streams", "Server-sent-event answers being relayed", registry=r
+        )
+        self.upstream_errors = Counter(
+            "foundry_proxy_upstream_errors",
+            "Upstream failures, by the proxy's error code (upstream_timeout, ...)",
+            ["kind"],
+            registry=r,
+        )
+        self.bytes_in = Counter(
+            "foundry_proxy_request_bytes", "Request body bytes received", registry=r
+        )
+        self.bytes_out = Counter(
+            "foundry_proxy_response_bytes", "Response body bytes sent", registry=r
+        )
+        self.refreshes = Counter(
+            "foundry_proxy_token_refreshes",
+            "Token refreshes, by outcome and credential kind",
+            ["outcome", "credential"],
+            registry=r,
+        )
+        self.model_tokens = Counter(
+            "foundry_proxy_model_tokens",
+            "Model tokens used, from the answers' usage, by model and kind",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.ratelimit = Gauge(
+            "foundry_proxy_upstream_ratelimit_remaining",
+            "The upstream's x-ratelimit-remaining-* headers, by deployment or model",
+            ["deployment", "kind"],
+            registry=r,
+        )
+        self._kind = kind
+        self.tokens = TokenCollector(statuses, kind)
+        r.register(self.tokens)
+
+    def refreshed(self, scope: str, ok: bool) -> None:
+        self.refreshes.labels("success" if ok else "failure", self._kind).inc()
+        if ok:
+            self.tokens.last_success[scope] = time.time()
+
+    def observe(self, x: Exchange) -> None:
+        ended = x.ended if x.ended is not None else time.perf_counter()
+        status = f"{x.status // 100}xx" if x.status else "none"
+        self.requests.labels(x.route, x.method, status, "true" if x.streamed else "false").inc()
+        self.duration.labels(x.route).observe(ended - x.started)
+        if x.first_byte is not None:
+            self.ttfb.labels(x.route).observe(x.first_byte - x.started)
+        if x.bytes_in:
+            self.bytes_in.inc(x.bytes_in)
+        if x.bytes_out:
+            self.bytes_out.inc(x.bytes_out)
+        if x.upstream_error:
+            self.upstream_errors.labels(x.upstream_error).inc()
+        if x.usage is not None:
+            model = x.model or "unknown"
+            self.model_tokens.labels(model, "prompt").inc(x.usage.prompt)
+            self.model_tokens.labels(model, "completion").inc(x.usage.completion)
+            self.model_tokens.labels(model, "total").inc(x.usage.total)
+        for kind, value in x.ratelimit.items():
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            self.ratelimit.labels(x.model or "unknown", kind).set(number)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
