@@ -46,12 +46,15 @@ class CredentialError(ProxyError):
         code: str = "",
         hint: str = "",
         retry_after: float | None = None,
+        correlation_id: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.hint = hint
         self.retry_after = retry_after
+        #: Entra's correlation id, which its support and sign-in logs are searched by.
+        self.correlation_id = correlation_id
 
 
 class CredentialUnavailable(CredentialError):

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 from types import FrameType
 from typing import Any
 
 import httptools
 from uvicorn import Config, Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("foundry_proxy")
 
 
 def parser_in_use() -> str:
@@ -205,5 +209,17 @@ class DrainingServer(Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         draining = self.should_exit
         super().handle_exit(sig, frame)
+        name = signal.Signals(sig).name
         if draining:
             self.force_exit = True
+            log.warning("%s again: exiting now, cutting %d request(s)", name, self._busy())
+        else:
+            log.info(
+                "%s: no new connections; draining %d request(s) in flight for up to %s s",
+                name,
+                self._busy(),
+                self.config.timeout_graceful_shutdown,
+            )
+
+    def _busy(self) -> int:
+        return len(self.server_state.tasks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -152,6 +153,10 @@ class Metrics:
             registry=r,
         )
         self._kind = kind
+        # Children of labelled metrics, looked up once (labels() hashes and locks each call).
+        self._children: dict[tuple[str, str, int, bool], tuple[Any, Any, Any]] = {}
+        self._models: dict[str, tuple[Any, ...]] = {}
+        self._limits: dict[tuple[str, str], Any] = {}
         self.tokens = TokenCollector(statuses, kind)
         r.register(self.tokens)
 
@@ -162,28 +167,48 @@ class Metrics:
 
     def observe(self, x: Exchange) -> None:
         ended = x.ended if x.ended is not None else time.perf_counter()
-        status = f"{x.status // 100}xx" if x.status else "none"
-        self.requests.labels(x.route, x.method, status, "true" if x.streamed else "false").inc()
-        self.duration.labels(x.route).observe(ended - x.started)
+        key = (x.route, x.method, x.status // 100, x.streamed)
+        children = self._children.get(key)
+        if children is None:
+            # labels() hashes and locks on every call; the combinations are few, so the
+            # children are looked up once and kept.
+            status = f"{x.status // 100}xx" if x.status else "none"
+            children = self._children[key] = (
+                self.requests.labels(x.route, x.method, status, str(x.streamed).lower()),
+                self.duration.labels(x.route),
+                self.ttfb.labels(x.route),
+            )
+        requests, duration, ttfb = children
+        requests.inc()
+        duration.observe(ended - x.started)
         if x.first_byte is not None:
-            self.ttfb.labels(x.route).observe(x.first_byte - x.started)
+            ttfb.observe(x.first_byte - x.started)
         if x.bytes_in:
             self.bytes_in.inc(x.bytes_in)
         if x.bytes_out:
             self.bytes_out.inc(x.bytes_out)
         if x.upstream_error:
             self.upstream_errors.labels(x.upstream_error).inc()
+        model = x.model or "unknown"
         if x.usage is not None:
-            model = x.model or "unknown"
-            self.model_tokens.labels(model, "prompt").inc(x.usage.prompt)
-            self.model_tokens.labels(model, "completion").inc(x.usage.completion)
-            self.model_tokens.labels(model, "total").inc(x.usage.total)
+            counters = self._models.get(model)
+            if counters is None:
+                counters = self._models[model] = tuple(
+                    self.model_tokens.labels(model, kind)
+                    for kind in ("prompt", "completion", "total")
+                )
+            counters[0].inc(x.usage.prompt)
+            counters[1].inc(x.usage.completion)
+            counters[2].inc(x.usage.total)
         for kind, value in x.ratelimit.items():
             try:
                 number = float(value)
             except ValueError:
                 continue
-            self.ratelimit.labels(x.model or "unknown", kind).set(number)
+            gauge = self._limits.get((model, kind))
+            if gauge is None:
+                gauge = self._limits[(model, kind)] = self.ratelimit.labels(model, kind)
+            gauge.set(number)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -97,4 +97,11 @@ def error_from_response(status: int, body: object, retry_after: float | None) ->
         or any(c in _TRANSIENT_CODES for c in aadsts)
     )
     cls = CredentialUnavailable if transient else AuthenticationFailed
-    return cls(message, code=code, hint=hint, retry_after=retry_after)
+    correlation = fields.get("correlation_id")
+    return cls(
+        message,
+        code=code,
+        hint=hint,
+        retry_after=retry_after,
+        correlation_id=correlation if isinstance(correlation, str) else "",
+    )

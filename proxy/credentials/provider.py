@@ -384,12 +384,13 @@ class TokenProvider:
         if self._observer is not None:
             self._observer(scope, False)
         log.warning(
-            "token for %s not refreshed via %s: %s: %s%s (%s; retry in %.1f s)",
+            "token for %s not refreshed via %s: %s: %s%s%s (%s; retry in %.1f s)",
             scope,
             self.credential.kind,
             err.code or type(err).__name__,
             err.message,
             f" - {err.hint}" if err.hint else "",
+            f" [correlation id {err.correlation_id}]" if err.correlation_id else "",
             "still using the current token" if held is not None else "no valid token",
             delay,
         )
