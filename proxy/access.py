@@ -96,6 +96,8 @@ class AccessLog:
             q = _quote
             usage = f',"tokens":{x.usage.total}' if x.usage is not None else ""
             error = f',"error":{q(x.upstream_error)}' if x.upstream_error else ""
+            if x.close_code is not None:
+                error += f',"close_code":{x.close_code}'
             self._lines.put(
                 f'{{"time":"{self._now()}","method":{q(x.method)},"route":"{x.route}",'
                 f'"path":{q(x.path)},"status":{x.status},"duration_ms":{duration},'

@@ -27,6 +27,7 @@ from proxy.logs import configure_logging
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.policy import Policy
+from proxy.realtime import RealtimeRelay
 from proxy.settings import Settings
 
 
@@ -93,6 +94,7 @@ def create_app(
     )
     access = AccessLog(settings.access_log, credential.kind)
     forwarder = Forwarder(_upstream_config(settings, metrics, access), tokens, tls)
+    realtime = RealtimeRelay(forwarder, settings.ws_max_message_bytes)
 
     async def healthz(request: Request) -> JSONResponse:
         # Liveness never depends on Entra: restarting would throw away a still-valid token.
@@ -144,6 +146,8 @@ def create_app(
         # through Starlette as usual.
         if scope["type"] == "http" and scope["path"] not in _PROBES:
             await forwarder(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await realtime(scope, receive, send)
         else:
             await framework(scope, receive, send)
 

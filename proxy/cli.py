@@ -123,6 +123,7 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Confi
         app,
         head_timeout=settings.head_timeout,
         max_header_bytes=settings.max_header_bytes,
+        ws_max_size=settings.ws_max_message_bytes,
         lifespan="on",
         log_config=None,  # logging is ours (logs.py), redaction included
         access_log=False,

@@ -123,6 +123,19 @@ class Forwarder:
             # add Accept: */* and its User-Agent when the client sent none.
         )
 
+    @property
+    def config(self) -> UpstreamConfig:
+        return self._config
+
+    @property
+    def tokens(self) -> TokenProvider:
+        return self._tokens
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        return self._session
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -171,14 +184,14 @@ class Forwarder:
             # this connection is read as another request (test-plan A1).
             await send_error(send, exc.status, "invalid_request", exc.message, _CLOSE)
             return
-        refusal = self._refusal(inbound, scope)
+        refusal = self.refusal(inbound, scope)
         if refusal is not None:
             await send_error(send, 403, *refusal)
             return
-        if self._config.keys and not self._key_ok(inbound.presented):
+        if self._config.keys and not self.key_ok(inbound.presented):
             await send_error(send, 401, "invalid_api_key", _KEY_MESSAGE, _KEY_CHALLENGE)
             return
-        x.route, x.deployment = _route(target.path)
+        x.route, x.deployment = route_of(target.path)
         if not inbound.client_request_id:
             # Sent upstream and logged, so one id ties a line of ours to Azure's records.
             inbound.client_request_id = self._request_id()
@@ -219,7 +232,7 @@ class Forwarder:
         h = f"{n:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
-    def _key_ok(self, presented: list[str] | None) -> bool:
+    def key_ok(self, presented: list[str] | None) -> bool:
         """Whether one of the presented values is an inbound key, in constant time: every
         presented value is compared with every key, whatever matched earlier."""
         found = False
@@ -290,7 +303,7 @@ class Forwarder:
         finally:
             watch.stop()
 
-    def _refusal(self, inbound: Inbound, scope: Scope) -> tuple[str, str] | None:
+    def refusal(self, inbound: Inbound, scope: Scope) -> tuple[str, str] | None:
         """Refuse what a web page could send: DNS rebinding and cross-site requests.
 
         A page that rebinds its own name to 127.0.0.1 sends its own name as Host; a page
@@ -455,7 +468,7 @@ async def _relay(send: Send, response: aiohttp.ClientResponse) -> bool:
         return False
 
 
-def _route(path: str) -> tuple[str, str]:
+def route_of(path: str) -> tuple[str, str]:
     """The route family of an upstream path, for metrics and logs, and the deployment when the
     path names one (``/openai/deployments/{d}/...``)."""
     if path.startswith("/openai/v1/"):

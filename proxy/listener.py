@@ -191,9 +191,15 @@ class ProxyConfig(Config):
     worker processes of ``--workers``."""
 
     def __init__(
-        self, app: Any, *, head_timeout: float, max_header_bytes: int, **kwargs: Any
+        self,
+        app: Any,
+        *,
+        head_timeout: float,
+        max_header_bytes: int,
+        ws_max_size: int = 16 * 1024 * 1024,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(app, http=GuardedHttpProtocol, **kwargs)
+        super().__init__(app, http=GuardedHttpProtocol, ws_max_size=ws_max_size, **kwargs)
         self.head_timeout = head_timeout
         self.max_header_bytes = max_header_bytes
 

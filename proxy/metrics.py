@@ -42,6 +42,7 @@ class Exchange:
     client_request_id: str = ""
     apim_request_id: str = ""
     upstream_error: str = ""  # the proxy's error code when the upstream failed
+    close_code: int | None = None  # a WebSocket session's close code
     ratelimit: dict[str, str] = field(default_factory=dict)
     usage: Usage | None = None
 

@@ -46,6 +46,8 @@ def _v1(prefix: str) -> list[str]:
     return [
         *(f"POST {prefix}/{op}" for op in (*_INFERENCE, "responses", "responses/*/cancel")),
         *(f"GET {prefix}/{path}" for path in _READS),
+        # The Realtime API's WebSocket handshake (realtime.py).
+        f"GET {prefix}/realtime",
     ]
 
 

@@ -249,6 +249,10 @@ class Settings(BaseSettings):
     # A Unix domain socket to listen on as well (mode 0600): pod-local callers on a shared
     # volume, unreachable from the network and from other users.
     uds: Annotated[Path | None, _env("FOUNDRY_PROXY_UDS")] = None
+    # Largest Realtime WebSocket message, either way (a larger one closes with 1009).
+    ws_max_message_bytes: Annotated[
+        int, _env("FOUNDRY_PROXY_WS_MAX_MESSAGE_BYTES"), Field(ge=1024)
+    ] = 16 * 1024 * 1024
     # /metrics in Prometheus text format, and the access log on stdout.
     metrics: Annotated[bool, _env("FOUNDRY_PROXY_METRICS")] = True
     access_log: Annotated[Literal["json", "text", "off"], _env("FOUNDRY_PROXY_ACCESS_LOG")] = "json"

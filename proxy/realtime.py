@@ -1,0 +1,263 @@
+"""The Realtime API over WebSocket: the same checks and the same token as HTTP requests.
+
+The client's handshake is judged like any request (route, policy, Host and Origin, inbound
+keys); the upstream handshake is made by aiohttp, on the forwarder's session, with the
+provider's bearer token and none of the client's credentials (azure-protocols.md section 5,
+Realtime). Frames then pass both ways as they are, text as text and binary as binary; close
+codes and reasons pass too, and either side closing closes the other. The token is checked
+only at the handshake, so a session outlives it; new sessions take the current one.
+
+Backpressure: each direction reads its next message only after the previous one was handed
+on, so a slow reader stalls its writer over TCP instead of growing a buffer here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+from yarl import URL
+
+from proxy.errors import CredentialError
+from proxy.forwarding import Forwarder, route_of
+from proxy.metrics import Exchange
+from proxy.rewrite import BadTarget, map_target, request_headers
+
+log = logging.getLogger("foundry_proxy.realtime")
+
+# Handshake headers worth passing on (the rest are the client's own: its key, its WebSocket
+# key and extensions, which aiohttp makes afresh for the upstream handshake).
+_RELAYED = frozenset({"openai-beta", "user-agent", "x-ms-client-request-id", "openai-project"})
+_CLIENT_KEYS = (b"api-key", b"api_key")
+# Close codes that may not be sent in a close frame (RFC 6455 section 7.4.1): what a peer
+# that vanished "sent" is reported onwards as an internal error, a missing code as normal.
+_UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+
+
+def _query_without_keys(query: bytes) -> bytes:
+    """The query string without an ``api-key`` parameter (the client's credential)."""
+    if not query:
+        return query
+    kept = [p for p in query.split(b"&") if p.split(b"=", 1)[0].lower() not in _CLIENT_KEYS]
+    return b"&".join(kept)
+
+
+class RealtimeRelay:
+    def __init__(self, forwarder: Forwarder, max_message_bytes: int) -> None:
+        self._fwd = forwarder
+        self._max = max_message_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cfg = self._fwd.config
+        x = Exchange(
+            "GET",
+            scope["raw_path"].decode("ascii", "backslashreplace"),
+            "realtime",
+            time.perf_counter(),
+        )
+        x.streamed = True
+        try:
+            await self._session(scope, receive, send, x)
+        finally:
+            x.ended = time.perf_counter()
+            if cfg.metrics is not None:
+                cfg.metrics.observe(x)
+            cfg.access.record(x)
+
+    async def _session(self, scope: Scope, receive: Receive, send: Send, x: Exchange) -> None:
+        fwd, cfg = self._fwd, self._fwd.config
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            target = map_target(scope["raw_path"], _query_without_keys(scope["query_string"]))
+            inbound = request_headers(scope["headers"])
+        except BadTarget as exc:
+            await _deny(scope, send, x, exc.status, "invalid_request", exc.message)
+            return
+        x.route = "realtime"
+        x.deployment = route_of(target.path)[1]
+        refusal = fwd.refusal(inbound, scope)
+        if refusal is not None:
+            await _deny(scope, send, x, 403, *refusal)
+            return
+        if cfg.keys and not fwd.key_ok(inbound.presented):
+            await _deny(scope, send, x, 401, "invalid_api_key", "an inbound key is required")
+            return
+        if cfg.policy.decide("GET", target.path) != 200:
+            await _deny(
+                scope,
+                send,
+                x,
+                403,
+                "operation_not_allowed",
+                f"GET {target.path} is not an operation foundry-proxy forwards",
+            )
+            return
+        scope_name = cfg.projects_scope if target.projects else cfg.scope
+        try:
+            token = await fwd.tokens.token(scope_name)
+        except CredentialError as err:
+            await _deny(
+                scope,
+                send,
+                x,
+                503,
+                "token_unavailable",
+                f"foundry-proxy has no Entra ID token: {err.code}: {err.message}",
+            )
+            return
+        headers = {name: value for name, value in inbound.headers if name.lower() in _RELAYED}
+        headers["Authorization"] = f"Bearer {token}"
+        x.client_request_id = headers.get("x-ms-client-request-id", "")
+        url = URL(cfg.origin + target.path_qs, encoded=True)
+        protocols = [
+            p.strip()
+            for name, value in scope["headers"]
+            if name == b"sec-websocket-protocol"
+            for p in value.decode("latin-1").split(",")
+            if p.strip()
+        ]
+        try:
+            upstream = await fwd.session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                max_msg_size=self._max,
+                autoclose=False,
+                compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            # The upstream's refusal, relayed: 401 (token), 403, 404 (deployment), 429.
+            status = exc.status if 400 <= exc.status < 600 else 502
+            await _deny(
+                scope,
+                send,
+                x,
+                status,
+                "upstream_refused",
+                f"the upstream refused the Realtime session (HTTP {exc.status})",
+            )
+            return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            x.upstream_error = "upstream_unreachable"
+            await _deny(
+                scope,
+                send,
+                x,
+                502,
+                "upstream_unreachable",
+                f"could not open the Realtime session upstream ({type(exc).__name__})",
+            )
+            return
+        x.status = 101
+        x.first_byte = time.perf_counter()
+        try:
+            await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+            await self._pump(receive, send, upstream, x)
+        finally:
+            if not upstream.closed:
+                await upstream.close()
+
+    async def _pump(
+        self, receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse, x: Exchange
+    ) -> None:
+        async def from_client() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    if message.get("text") is not None:
+                        x.bytes_in += len(message["text"])
+                        await upstream.send_str(message["text"])
+                    else:
+                        x.bytes_in += len(message.get("bytes") or b"")
+                        await upstream.send_bytes(message.get("bytes") or b"")
+                elif message["type"] == "websocket.disconnect":
+                    sent = int(message.get("code") or 1000)
+                    code = _UNSENDABLE.get(sent, sent)
+                    x.close_code = code
+                    reason = (message.get("reason") or "").encode()
+                    await upstream.close(code=code, message=reason)
+                    return
+
+        async def from_upstream() -> None:
+            while True:
+                message = await upstream.receive()
+                kind = message.type
+                if kind == aiohttp.WSMsgType.TEXT:
+                    x.bytes_out += len(message.data)
+                    await send({"type": "websocket.send", "text": message.data})
+                elif kind == aiohttp.WSMsgType.BINARY:
+                    x.bytes_out += len(message.data)
+                    await send({"type": "websocket.send", "bytes": message.data})
+                elif kind in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                    continue
+                elif kind in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    # Our own close (the client left, from_client is closing the upstream):
+                    # aiohttp wakes this reader to say so; nothing is left to relay.
+                    return
+                else:
+                    code, reason = _close_of(message, upstream)
+                    x.close_code = code
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        await upstream.close(code=code)
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                    return
+
+        tasks = [asyncio.ensure_future(from_client()), asyncio.ensure_future(from_upstream())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            error = task.exception()
+            if error is not None and not isinstance(error, OSError | aiohttp.ClientError):
+                log.warning("realtime session ended by %s", type(error).__name__)
+
+
+def _close_of(
+    message: aiohttp.WSMessage, upstream: aiohttp.ClientWebSocketResponse
+) -> tuple[int, str]:
+    """The close code and reason to pass on for how the upstream side ended."""
+    if message.type == aiohttp.WSMsgType.CLOSE:
+        code = int(message.data or 1000)
+        return _UNSENDABLE.get(code, code), str(message.extra or "")
+    if message.type == aiohttp.WSMsgType.ERROR:
+        # aiohttp reports a message over max_msg_size as an error with code 1009.
+        error = message.data
+        code = getattr(error, "code", 1011) if error is not None else 1011
+        return (code if code == 1009 else 1011), "upstream error"
+    code = upstream.close_code or 1006
+    return _UNSENDABLE.get(code, code), ""
+
+
+async def _deny(
+    scope: Scope, send: Send, x: Exchange, status: int, code: str, message: str
+) -> None:
+    """Refuse the handshake: an HTTP answer where the server supports it, else a close."""
+    x.status = status
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json.dumps(
+            {"error": {"message": message, "type": "proxy_error", "code": code, "param": None}}
+        ).encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-foundry-proxy-error", code.encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": code})
