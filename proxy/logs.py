@@ -18,6 +18,9 @@ _PATTERNS = (
     re.compile(
         r"(?i)((?:client_secret|client_assertion|access_token|api[-_]key|password)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
     ),
+    # OpenAI's browser convention: the key inside a WebSocket subprotocol name, which
+    # uvicorn's WebSocket implementation prints with the handshake at DEBUG.
+    re.compile(r"(?i)(openai-insecure-api-key\.)[^\s,;\"']+"),
     # Credential-bearing headers however a header map is printed: "name: value",
     # {'name': 'value'} or ('name', 'value'), bytes included (test-plan D41). The whole value
     # goes, whatever its scheme (Basic, a cookie list, a subscription key).

@@ -120,14 +120,16 @@ class RealtimeRelay:
             for name, value in scope["headers"]
             if name == b"sec-websocket-protocol"
             for p in value.decode("latin-1").split(",")
-            if p.strip()
+            # OpenAI's browser convention carries the key in a subprotocol: never passed on.
+            if p.strip() and not p.strip().lower().startswith("openai-insecure-api-key")
         ]
         try:
             upstream = await fwd.session.ws_connect(
                 url,
                 headers=headers,
                 protocols=protocols,
-                max_msg_size=self._max,
+                # aiohttp refuses a message of exactly max_msg_size; the limit is inclusive.
+                max_msg_size=self._max + 1,
                 autoclose=False,
                 compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),

@@ -56,3 +56,9 @@ def test_d41_credential_headers_are_redacted_in_any_header_map_format() -> None:
         assert "session=abc" not in text
     # Harmless headers survive, so logs stay useful.
     assert "application/json" in fmt("%s", {"content-type": "application/json"})
+
+
+def test_a_key_in_a_websocket_subprotocol_is_redacted() -> None:
+    text = fmt("< sec-websocket-protocol: realtime, openai-insecure-api-key.sk-abc123XYZ, x")
+    assert "sk-abc123XYZ" not in text
+    assert "realtime" in text
