@@ -97,7 +97,10 @@ class AccessLog:
             usage = f',"tokens":{x.usage.total}' if x.usage is not None else ""
             error = f',"error":{q(x.upstream_error)}' if x.upstream_error else ""
             if x.close_code is not None:
-                error += f',"close_code":{x.close_code}'
+                error += (
+                    f',"close_code":{x.close_code},"frames_in":{x.frames_in},'
+                    f'"frames_out":{x.frames_out}'
+                )
             self._lines.put(
                 f'{{"time":"{self._now()}","method":{q(x.method)},"route":"{x.route}",'
                 f'"path":{q(x.path)},"status":{x.status},"duration_ms":{duration},'

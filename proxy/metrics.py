@@ -43,6 +43,8 @@ class Exchange:
     apim_request_id: str = ""
     upstream_error: str = ""  # the proxy's error code when the upstream failed
     close_code: int | None = None  # a WebSocket session's close code
+    frames_in: int = 0  # WebSocket messages from the client
+    frames_out: int = 0  # WebSocket messages to the client
     ratelimit: dict[str, str] = field(default_factory=dict)
     usage: Usage | None = None
 

@@ -173,6 +173,7 @@ class RealtimeRelay:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.receive":
+                    x.frames_in += 1
                     if message.get("text") is not None:
                         x.bytes_in += len(message["text"])
                         await upstream.send_str(message["text"])
@@ -192,9 +193,11 @@ class RealtimeRelay:
                 message = await upstream.receive()
                 kind = message.type
                 if kind == aiohttp.WSMsgType.TEXT:
+                    x.frames_out += 1
                     x.bytes_out += len(message.data)
                     await send({"type": "websocket.send", "text": message.data})
                 elif kind == aiohttp.WSMsgType.BINARY:
+                    x.frames_out += 1
                     x.bytes_out += len(message.data)
                     await send({"type": "websocket.send", "bytes": message.data})
                 elif kind in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import httpx2
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -627,3 +628,28 @@ def test_added_latency_per_message(rt: RealtimeStack) -> None:
         f"p99 {p99 - d99:.3f} ms (mean {statistics.mean(proxied) * ms:.3f} ms)"
     )
     assert p50 < 50
+
+
+def test_each_session_gets_an_access_line_and_counts_in_metrics(rt: RealtimeStack) -> None:
+    with session_on(rt, "/v1/realtime?model=dep") as ws:
+        ws.send("one")
+        assert ws.recv(timeout=TIMEOUT) == "one"
+        ws.send(b"\x00two")
+        assert ws.recv(timeout=TIMEOUT) == b"\x00two"
+        ws.close(4005, "done here")
+    assert rt.s.proxy is not None
+    proxy = rt.s.proxy
+
+    def session_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in proxy.log.splitlines() if line.startswith('{"time"')]
+        return [line for line in lines if line.get("close_code") == 4005]
+
+    assert wait_until(session_lines, 5)
+    [line] = session_lines()
+    assert line["route"] == "realtime"
+    assert line["status"] == 101
+    assert line["frames_in"] == 2
+    assert line["frames_out"] == 3  # session.created and the two echoes
+    assert line["bytes_in"] == len("one") + len(b"\x00two")
+    metrics = httpx2.get(rt.s.url + "/metrics").text
+    assert 'foundry_proxy_requests_total{method="GET",route="realtime",status="1xx"' in metrics
