@@ -8,13 +8,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "load: plan-size load cases (1,000 streams of 200 events); opt in with -m load",
     )
+    config.addinivalue_line(
+        "markers",
+        "soak: hours-long run (test-plan H67); opt in with -m soak and FOUNDRY_PROXY_SOAK_SECONDS",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``load`` cases run only when asked for by a -m expression that names them."""
-    if "load" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="full-size load case: run with -m load")
-    for item in items:
-        if item.get_closest_marker("load") is not None:
-            item.add_marker(skip)
+    chosen = config.getoption("markexpr") or ""
+    for marker, reason in (
+        ("load", "full-size load case: run with -m load"),
+        ("soak", "soak run: run with -m soak (FOUNDRY_PROXY_SOAK_SECONDS sets its length)"),
+    ):
+        if marker in chosen:
+            continue
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
