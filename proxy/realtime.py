@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from types import MappingProxyType
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
@@ -36,7 +37,7 @@ _RELAYED = frozenset({"openai-beta", "user-agent", "x-ms-client-request-id", "op
 _CLIENT_KEYS = (b"api-key", b"api_key")
 # Close codes that may not be sent in a close frame (RFC 6455 section 7.4.1): what a peer
 # that vanished "sent" is reported onwards as an internal error, a missing code as normal.
-_UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+_UNSENDABLE = MappingProxyType({1005: 1000, 1006: 1011, 1015: 1011})
 
 
 def _query_without_keys(query: bytes) -> bytes:

@@ -42,9 +42,16 @@ class Credential(Protocol):
 
 
 def _seconds(body: Mapping[str, object], key: str) -> float | None:
-    # Entra v2 gives integers; v1-style and managed-identity endpoints give the same numbers as
-    # strings, so accept both (azure-identity parses with int(str(x)) for the same reason).
-    raw = body.get(key)
+    return number(body.get(key))
+
+
+def number(raw: object) -> float | None:
+    """A finite number given as a JSON number or a string of one, else None.
+
+    Entra v2 gives integers; v1-style and managed-identity endpoints (and the CLIs) give the
+    same numbers as strings, so accept both (azure-identity parses with int(str(x)) for the
+    same reason).
+    """
     if raw is None or isinstance(raw, bool):
         return None
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from proxy.credentials.base import AccessToken
+from proxy.credentials.base import AccessToken, number
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
 
 # Entra tokens live 60-90 minutes (24-28 h with CAE); an expiry beyond a year is a broken answer.
@@ -67,16 +66,6 @@ def _aadsts_line(text: str) -> tuple[str, str] | None:
             message = line[found.start() :].split(" Trace ID:")[0]
             return f"AADSTS{found.group(1)}", _scrub(message)
     return None
-
-
-def _posix_time(raw: object) -> float | None:
-    if raw is None or isinstance(raw, bool):
-        return None
-    try:
-        value = float(str(raw))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _parse_time(raw: object, *, naive_is_utc: bool) -> float | None:
@@ -275,7 +264,7 @@ class AzureCli(_DeveloperCli):
     def _expires_on(self, body: dict[str, object]) -> float | None:
         # expires_on (POSIX seconds) exists from CLI 2.54.0 on and is unambiguous; older CLIs
         # give only expiresOn, a naive local time.
-        posix = _posix_time(body.get("expires_on"))
+        posix = number(body.get("expires_on"))
         if posix is not None:
             return posix
         return _parse_time(body.get("expiresOn"), naive_is_utc=False)

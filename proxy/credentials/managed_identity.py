@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import httpx2
 from pydantic import SecretStr
 
-from proxy.credentials.base import AccessToken, parse_token_response
+from proxy.credentials.base import AccessToken, number, parse_token_response
 from proxy.credentials.claims import scope_resource
 from proxy.credentials.entra_errors import first_line, parse_retry_after
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
@@ -97,24 +96,13 @@ def _json(response: httpx2.Response) -> object:
         return None
 
 
-def _number(raw: object) -> float | None:
-    # The managed identity endpoints send their numbers as JSON strings.
-    if raw is None or isinstance(raw, bool):
-        return None
-    try:
-        value = float(str(raw))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _token(body: object, now: float) -> AccessToken:
     """IMDS sends expires_in and expires_on, App Service only expires_on (epoch seconds).
 
     expires_in is preferred: it is immune to skew between this clock and the platform's.
     """
-    if isinstance(body, Mapping) and _number(body.get("expires_in")) is None:
-        expires_on = _number(body.get("expires_on"))
+    if isinstance(body, Mapping) and number(body.get("expires_in")) is None:
+        expires_on = number(body.get("expires_on"))
         if expires_on is None:
             raise CredentialUnavailable(
                 "the managed identity endpoint's answer has neither expires_in nor expires_on",
