@@ -136,8 +136,9 @@ class RealtimeRelay:
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
         except aiohttp.WSServerHandshakeError as exc:
-            # The upstream's refusal, relayed: 401 (token), 403, 404 (deployment), 429.
-            status = exc.status if 400 <= exc.status < 600 else 502
+            # The upstream's refusal, relayed: 401 (token), 403, 404 (deployment), 429. A 5xx
+            # (or anything odd) is the upstream failing: 502, as for HTTP requests.
+            status = exc.status if 400 <= exc.status < 500 else 502
             await _deny(
                 scope,
                 send,
