@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 
 from proxy.credentials.base import AccessToken, number
@@ -93,7 +94,7 @@ def _kill(process: asyncio.subprocess.Process) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-class _DeveloperCli:
+class _DeveloperCli(ABC):
     """Runs one CLI and turns its exit status, stderr and JSON stdout into a token or an error."""
 
     kind: str
@@ -107,17 +108,20 @@ class _DeveloperCli:
         self._timeout = timeout
         self._executable = executable
 
+    @abstractmethod
     def _arguments(self, scope: str) -> list[str]:
-        raise NotImplementedError
+        """The command line (after the executable) that prints a token for ``scope``."""
 
+    @abstractmethod
     def _expires_on(self, body: dict[str, object]) -> float | None:
-        raise NotImplementedError
+        """The token's expiry as POSIX seconds, from the CLI's JSON output."""
 
     def _error_text(self, stderr: str) -> str:
         return stderr
 
+    @abstractmethod
     def _not_logged_in(self, text: str) -> bool:
-        raise NotImplementedError
+        """Whether the CLI's error output says nobody is logged in."""
 
     async def get_token(self, scope: str) -> AccessToken:
         for value in filter(None, (scope, self._tenant_id)):
@@ -133,7 +137,7 @@ class _DeveloperCli:
             raise self._failure(status, self._error_text(stderr), arguments)
         return self._token(stdout)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a real no-op, not an abstract method
         """Nothing to release: each call's process has ended before get_token returns."""
 
     def _not_installed(self) -> AuthenticationFailed:
