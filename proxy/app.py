@@ -95,6 +95,8 @@ def create_app(
     access = AccessLog(settings.access_log, credential.kind)
     forwarder = Forwarder(_upstream_config(settings, metrics, access), tokens, tls)
     realtime = RealtimeRelay(forwarder, settings.ws_max_message_bytes)
+    if metrics is not None:
+        metrics.in_flight.set_function(lambda: forwarder.in_flight)
 
     async def healthz(request: Request) -> JSONResponse:
         # Liveness never depends on Entra: restarting would throw away a still-valid token.

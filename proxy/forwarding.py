@@ -98,6 +98,7 @@ class Forwarder:
         # every request, and callers use one or two Host values. Bounded, so no one can grow it.
         self._loopback_hosts: set[str] = set()
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self.in_flight = 0
         self._ids = random.Random(secrets.randbits(64))  # noqa: S311 - ids, not secrets
 
     async def start(self) -> None:
@@ -148,23 +149,17 @@ class Forwarder:
             "none",
             time.perf_counter(),
         )
-        if cfg.metrics is not None:
-            cfg.metrics.in_flight.inc()
+        # A plain counter: the in-flight gauge reads it at scrape time (app.py), instead of
+        # taking a metric's lock twice per request.
+        self.in_flight += 1
         tap = _Tap(x, send, cfg.metrics)
-
-        async def counted() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                x.bytes_in += len(message.get("body", b""))
-            return message
-
         try:
-            await self._handle(scope, counted, tap.send, x)
+            await self._handle(scope, receive, tap.send, x)
         finally:
+            self.in_flight -= 1
             x.ended = time.perf_counter()
             tap.finish()
             if cfg.metrics is not None:
-                cfg.metrics.in_flight.dec()
                 cfg.metrics.observe(x)
             cfg.access.record(x)
 
@@ -218,7 +213,7 @@ class Forwarder:
         else:
             await self._slots.acquire()
         try:
-            await self._forward(scope, receive, send, target, inbound)
+            await self._forward(scope, receive, send, target, inbound, x)
         finally:
             self._slots.release()
 
@@ -264,7 +259,13 @@ class Forwarder:
         )
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, target: Target, inbound: Inbound
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        target: Target,
+        inbound: Inbound,
+        x: Exchange,
     ) -> None:
         headers, length = inbound.headers, inbound.length
         token_scope = self._config.projects_scope if target.projects else self._config.scope
@@ -302,6 +303,7 @@ class Forwarder:
             raise
         finally:
             watch.stop()
+            x.bytes_in = body.size  # Body counts what it read; no wrapper around receive
 
     def refusal(self, inbound: Inbound, scope: Scope) -> tuple[str, str] | None:
         """Refuse what a web page could send: DNS rebinding and cross-site requests.
@@ -529,6 +531,8 @@ class _Tap:
             elif name == b"apim-request-id":
                 x.apim_request_id = value.decode("latin-1")
             elif name.startswith(b"x-ratelimit-remaining-"):
+                if x.ratelimit is None:
+                    x.ratelimit = {}
                 x.ratelimit[name[22:].decode("latin-1")] = value.decode("latin-1")
             elif name == b"x-foundry-proxy-error" and value.startswith(b"upstream_"):
                 x.upstream_error = value.decode("latin-1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -45,7 +45,7 @@ class Exchange:
     close_code: int | None = None  # a WebSocket session's close code
     frames_in: int = 0  # WebSocket messages from the client
     frames_out: int = 0  # WebSocket messages to the client
-    ratelimit: dict[str, str] = field(default_factory=dict)
+    ratelimit: dict[str, str] | None = None  # made only when the upstream sends them
     usage: Usage | None = None
 
     @property
@@ -203,7 +203,7 @@ class Metrics:
             counters[0].inc(x.usage.prompt)
             counters[1].inc(x.usage.completion)
             counters[2].inc(x.usage.total)
-        for kind, value in x.ratelimit.items():
+        for kind, value in (x.ratelimit or {}).items():
             try:
                 number = float(value)
             except ValueError:
