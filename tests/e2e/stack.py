@@ -188,6 +188,20 @@ class Stack:
         return log
 
 
+def run_proxy(
+    args: list[str], env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy ARGS`` to completion (startup errors, ``check``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def chat_load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:
     """Send chat requests from ``workers`` threads for ``seconds``; return (ok, failures)."""
     failures: list[str] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack, clean_environment
+from tests.e2e.stack import Stack, clean_environment, run_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -130,22 +130,12 @@ def test_c29_method_and_path_policy(
 
 
 def test_a_bad_policy_rule_is_a_startup_error() -> None:
-    import subprocess
-    import sys
-
     env = clean_environment() | {
         "FOUNDRY_PROXY_UPSTREAM": "https://myres.openai.azure.com",
         "FOUNDRY_PROXY_CREDENTIAL": "azure-cli",
         "FOUNDRY_PROXY_ALLOW": "/openai/v1/files",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_proxy([], env)
     assert result.returncode == 2
     assert "FOUNDRY_PROXY_ALLOW: '/openai/v1/files' is not METHOD /path" in result.stderr
 

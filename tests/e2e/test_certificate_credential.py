@@ -3,14 +3,12 @@ subject name + issuer, and the startup errors a bad certificate file gives."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.e2e.stack import Stack, chat_load, clean_environment, openai_client
+from tests.e2e.stack import Stack, chat_load, clean_environment, openai_client, run_proxy
 from tests.fakes.certificates import cert_pem, key_pem, make_certificate, pfx, rsa_key
 
 pytestmark = pytest.mark.e2e
@@ -109,14 +107,7 @@ def test_wrong_password_is_a_startup_error_without_the_password(
         "AZURE_CLIENT_CERTIFICATE_PATH": str(path),
         "AZURE_CLIENT_CERTIFICATE_PASSWORD": PASSWORD + "-wrong",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_proxy(["--port", "0"], env)
     assert result.returncode == 2
     assert "AZURE_CLIENT_CERTIFICATE_PASSWORD" in result.stderr
     assert PASSWORD not in result.stderr

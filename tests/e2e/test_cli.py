@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,22 +11,12 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment
+from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, run_proxy
 
 pytestmark = pytest.mark.e2e
 
 
-def run(
-    args: list[str], env: dict[str, str], timeout: float = 20
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+run = run_proxy
 
 
 def test_every_missing_setting_is_reported_at_once() -> None:

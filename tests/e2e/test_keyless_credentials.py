@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.stack import TENANT, Stack, chat_load, openai_client, wait_until
+from tests.e2e.stack import TENANT, Stack, chat_load, openai_client, run_proxy, wait_until
 from tests.fakes.cli import CliName, install_fake_cli, read_calls, write_control
 from tests.fakes.egress import ForwardProxy
 from tests.fakes.identity import SYSTEM_CLIENT_ID, FakeAppServiceIdentity, FakeImds
@@ -271,8 +271,6 @@ def test_azure_identity_escape_hatch_is_refreshed_by_the_proxy(
 
 def test_check_names_the_cli_credential(fresh_stack: Stack, tmp_path: Path) -> None:
     import json
-    import subprocess
-    import sys
 
     s = fresh_stack
     _keyless(s)
@@ -282,14 +280,7 @@ def test_check_names_the_cli_credential(fresh_stack: Stack, tmp_path: Path) -> N
         "FOUNDRY_PROXY_IMDS_ENDPOINT": "http://127.0.0.1:9",
     }
     with _CliTokens(s, tmp_path, "azd", lifetime=600):
-        result = subprocess.run(
-            [sys.executable, "-m", "proxy", "check", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_proxy(["check", "--json"], env, timeout=60)
     report = json.loads(result.stdout)
     assert report["ok"] is True, result.stdout
     credential = report["steps"][1]
