@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -23,20 +24,49 @@ from proxy.emulator.entra import EmulatedEntra
 from proxy.emulator.foundry import EmulatedFoundry, Faults
 from proxy.emulator.tokens import TokenIssuer
 from proxy.errors import ConfigError
-from proxy.settings import load_settings
+from proxy.server import (
+    DrainingServer,
+    ListenError,
+    Listeners,
+    open_listeners,
+    proxy_config,
+    run_main,
+    serve,
+)
+from proxy.settings import Settings, load_settings
 
 log = logging.getLogger("foundry_proxy.emulator")
 
 DEMO_TENANT = "emulator.onmicrosoft.com"
 DEMO_CLIENT_ID = str(uuid.uuid5(uuid.NAMESPACE_DNS, "client.emulator.foundry-proxy"))
+EXIT_USAGE = 2
+EXIT_STARTUP = 3
 
 
-class _QuietServer(uvicorn.Server):
-    """An emulator server: the proxy's server owns the signals; this one stops when told."""
+class _EmulatorServer(uvicorn.Server):
+    """An emulator's server: the proxy's server owns the signals; this one stops when told."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _EmulatorLifecycle(logging.Filter):
+    """Drops the emulators' own uvicorn lifecycle lines ("Started server process", "Shutting
+    down", ...): they would repeat the proxy's, which is the server the user runs. Warnings
+    and errors pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        try:
+            return asyncio.current_task() not in self.tasks
+        except RuntimeError:  # logged from outside the event loop's thread
+            return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,24 +111,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _loopback_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def _server(app: object, quiet: bool, grace: float = 1.0) -> uvicorn.Server:
+def _emulator_server(app: object) -> _EmulatorServer:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
-        lifespan="on" if not quiet else "off",
+        lifespan="off",
         log_config=None,
         access_log=False,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=max(1, int(grace)),
+        timeout_graceful_shutdown=1,
     )
-    return _QuietServer(config) if quiet else uvicorn.Server(config)
+    return _EmulatorServer(config)
 
 
 def banner(proxy: str, entra: str, foundry: str, faults: Faults, lifetime: float) -> str:
@@ -123,6 +146,7 @@ Try it:
   curl -N {proxy}/v1/chat/completions -H 'Content-Type: application/json' -d \\
     '{{"model": "gpt-4o-mini", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
+  # Python, with the OpenAI SDK (pip install openai):
   from openai import OpenAI
   client = OpenAI(base_url="{proxy}/v1", api_key="unused")
   for chunk in client.chat.completions.create(
@@ -135,7 +159,25 @@ Readiness: {proxy}/readyz   Stop: Ctrl-C
 """
 
 
-async def _run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class _Demo:
+    """The emulators and the proxy's settings, each server's socket bound and listening."""
+
+    faults: Faults
+    entra: EmulatedEntra
+    foundry: EmulatedFoundry
+    settings: Settings
+    entra_at: Listeners
+    foundry_at: Listeners
+    proxy_at: Listeners
+
+    def close(self) -> None:
+        for listeners in (self.entra_at, self.foundry_at, self.proxy_at):
+            listeners.close()
+
+
+def _prepare(args: argparse.Namespace) -> _Demo:
+    """Emulators, settings and listening sockets; raises ConfigError or ListenError."""
     issuer = TokenIssuer()
     secret = secrets.token_urlsafe(30)
     faults = Faults(
@@ -151,15 +193,14 @@ async def _run(args: argparse.Namespace) -> int:
         secret=secret,
         token_lifetime=args.token_lifetime,
     )
-    foundry = EmulatedFoundry(issuer, faults)
-    entra_sock, foundry_sock = _loopback_socket(), _loopback_socket()
-    sockets = [entra_sock, foundry_sock]
-    try:
-        entra_url = f"http://127.0.0.1:{entra_sock.getsockname()[1]}"
-        foundry_url = f"http://127.0.0.1:{foundry_sock.getsockname()[1]}"
+    with contextlib.ExitStack() as undo:
+        entra_at = open_listeners("127.0.0.1", 0)
+        undo.callback(entra_at.close)
+        foundry_at = open_listeners("127.0.0.1", 0)
+        undo.callback(foundry_at.close)
         settings = load_settings(
-            upstream=foundry_url,
-            authority_host=entra_url,
+            upstream=foundry_at.url,
+            authority_host=entra_at.url,
             tenant_id=DEMO_TENANT,
             client_id=DEMO_CLIENT_ID,
             client_secret=secret,
@@ -168,45 +209,44 @@ async def _run(args: argparse.Namespace) -> int:
             # Everything stays on this machine, whatever proxy variables the environment holds.
             trust_env=False,
         )
-        proxy_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sockets.append(proxy_sock)
-        proxy_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            proxy_sock.bind(("127.0.0.1", args.port))
-        except OSError as exc:
-            log.error(
-                "cannot listen on 127.0.0.1:%s: %s (try --port 0)", args.port, exc.strerror or exc
-            )
-            return 3
-        proxy_url = f"http://127.0.0.1:{proxy_sock.getsockname()[1]}"
+        proxy_at = open_listeners(settings.host, settings.port)
+        undo.pop_all()
+    foundry = EmulatedFoundry(issuer, faults)
+    return _Demo(faults, entra, foundry, settings, entra_at, foundry_at, proxy_at)
 
-        emulators = [_server(entra.app, quiet=True), _server(foundry, quiet=True)]
-        tasks = [
-            asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-            for server, sock in zip(emulators, (entra_sock, foundry_sock), strict=True)
-        ]
-        proxy = _server(create_app(settings), quiet=False, grace=settings.shutdown_grace)
-        try:
-            while not all(s.started for s in emulators):
-                if any(t.done() for t in tasks):
-                    return 3
-                await asyncio.sleep(0.01)
-            log.info("emulated Entra ID on %s, emulated Foundry on %s", entra_url, foundry_url)
-            log.info(
-                "foundry-proxy demo listening on %s -> emulated Foundry %s", proxy_url, foundry_url
-            )
-            print(
-                banner(proxy_url, entra_url, foundry_url, faults, args.token_lifetime), flush=True
-            )
-            await proxy.serve(sockets=[proxy_sock])
-        finally:
-            for server in emulators:
-                server.should_exit = True
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return 0 if proxy.started else 3
+
+def _announce(demo: _Demo, lifetime: float) -> None:
+    """Where to connect: called once the proxy (and both emulators) accept connections."""
+    entra, foundry, proxy = demo.entra_at.url, demo.foundry_at.url, demo.proxy_at.url
+    log.info("emulated Entra ID on %s, emulated Foundry on %s", entra, foundry)
+    log.info("foundry-proxy demo listening on %s -> emulated Foundry %s", proxy, foundry)
+    print(banner(proxy, entra, foundry, demo.faults, lifetime), flush=True)
+
+
+async def _serve(demo: _Demo, proxy: DrainingServer) -> bool:
+    """The emulators, then the proxy until a signal; True if the proxy started."""
+    emulators = [
+        (_emulator_server(demo.entra.app), demo.entra_at),
+        (_emulator_server(demo.foundry), demo.foundry_at),
+    ]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(server.serve(sockets=at.sockets)) for server, at in emulators]
+    lifecycle = _EmulatorLifecycle()
+    lifecycle.tasks.update(tasks)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(lifecycle)
+    try:
+        while not all(server.started for server, _ in emulators):
+            if any(task.done() for task in tasks):
+                return False
+            await asyncio.sleep(0.01)
+        return await serve(proxy, demo.proxy_at)
     finally:
-        for sock in sockets:
-            sock.close()
+        # The emulators outlive the proxy's drain: requests in flight still reach them.
+        for server, _ in emulators:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        uvicorn_log.removeFilter(lifecycle)
 
 
 def problems(args: argparse.Namespace) -> list[str]:
@@ -227,12 +267,24 @@ def run(args: argparse.Namespace) -> int:
     wrong = problems(args)
     if wrong:
         print("foundry-proxy demo: " + "; ".join(wrong), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
-        return asyncio.run(_run(args))
+        demo = _prepare(args)
     except ConfigError as exc:
         print(f"foundry-proxy demo: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
-        print("stopped", file=sys.stderr)
-        return 130
+        return EXIT_USAGE
+    except ListenError as exc:
+        log.error("%s (try --port 0)", exc)
+        return EXIT_STARTUP
+    try:
+        # The proxy exactly as `foundry-proxy` runs it (server.py), in front of the emulators.
+        app = create_app(demo.settings)
+        announce = functools.partial(_announce, demo, args.token_lifetime)
+        proxy = DrainingServer(proxy_config(app, demo.settings), on_started=announce)
+        started = run_main(proxy.config, _serve(demo, proxy))
+    except ConfigError as exc:
+        print(f"foundry-proxy demo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        demo.close()
+    return 0 if started else EXIT_STARTUP

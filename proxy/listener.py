@@ -18,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
-from types import FrameType
 from typing import Any
 
 import httptools
-from uvicorn import Config, Server
+from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("foundry_proxy")
@@ -202,30 +200,3 @@ class ProxyConfig(Config):
         super().__init__(app, http=GuardedHttpProtocol, ws_max_size=ws_max_size, **kwargs)
         self.head_timeout = head_timeout
         self.max_header_bytes = max_header_bytes
-
-
-class DrainingServer(Server):
-    """uvicorn's Server, with a second signal of either kind ending the drain at once.
-
-    uvicorn forces the exit only on a second SIGINT; Kubernetes and process managers send
-    SIGTERM twice (or SIGTERM then SIGKILL), and an operator pressing Ctrl-C after `kill`
-    expects the same.
-    """
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        draining = self.should_exit
-        super().handle_exit(sig, frame)
-        name = signal.Signals(sig).name
-        if draining:
-            self.force_exit = True
-            log.warning("%s again: exiting now, cutting %d request(s)", name, self._busy())
-        else:
-            log.info(
-                "%s: no new connections; draining %d request(s) in flight for up to %s s",
-                name,
-                self._busy(),
-                self.config.timeout_graceful_shutdown,
-            )
-
-    def _busy(self) -> int:
-        return len(self.server_state.tasks)
