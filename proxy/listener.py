@@ -1,11 +1,28 @@
-"""The HTTP/1.1 listener: uvicorn's httptools protocol with the two limits uvicorn lacks.
+"""The HTTP/1.1 listener: uvicorn's httptools protocol with the bounds uvicorn lacks.
 
-uvicorn has no deadline for reading a request head (its keep-alive timeout runs only between
-requests, and any byte resets it), so a connection that sends nothing, or a header a byte at a
-time, lives forever (slowloris; test-plan finding 4). And the httptools parser puts no limit on
-the size of a request head. This subclass adds both: the head must arrive within
-``head_timeout`` seconds (else 408 and close) and within ``max_header_bytes`` (else 431 and
-close).
+Every resource a connection holds here has a limit and a deadline (docs/security.md, "Resource
+bounds"); ``ListenerLimits`` carries them, from the settings:
+
+- the request head must arrive within ``head_timeout`` seconds (else 408) and within
+  ``max_header_bytes`` (else 431). The deadline also runs from the first byte an idle
+  keep-alive connection receives: llhttp skips blank lines between messages without starting
+  one, and uvicorn resets its keep-alive timer on every byte, so a CRLF every few seconds kept
+  a connection forever (slowloris; test-plan finding 4);
+- a request body must keep coming: each ``body_timeout`` window must bring at least
+  ``body_min_rate`` bytes per second (else 408), unless the proxy itself stopped reading;
+- an answer the client stops reading is abandoned after ``send_timeout`` seconds without
+  progress, which ends the request and frees its concurrency slot;
+- at most ``max_connections`` connections; more are answered 503 and closed;
+- pipelined requests are parsed only ``max_pipelined`` ahead of the one being answered: past
+  that, reading stops (uvicorn parsed every request of each read into memory), and a client
+  that pipelines more than ``max_header_bytes`` beyond it is served what was parsed, then
+  closed;
+- trailer fields of a chunked body are dropped (RFC 9112 section 7.1.2 forbids merging them
+  into the header section; uvicorn appended them to the request's headers) and bounded like
+  a head;
+- a connection closed while the client may still be sending is closed gracefully: the answer
+  goes out, then a FIN, then input is discarded for up to LINGER_SECONDS (RFC 9112 section
+  9.6), so that no reset destroys an answer (a 413, a 400) before the client reads it.
 
 The parser is pinned to httptools (llhttp): it refuses obs-fold, conflicting Content-Length and
 malformed chunked framing (test-plan finding 3); Content-Length together with
@@ -18,13 +35,94 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+if TYPE_CHECKING:
+    from proxy.settings import Settings
+
 log = logging.getLogger("foundry_proxy")
+
+# How long input is read and discarded after the answer on a connection being closed while
+# the client may still be sending (a body over the limit, a malformed request).
+LINGER_SECONDS = 2.0
+# Input is parsed this many bytes at a time when it may hold pipelined requests, so that
+# parsing can stop at the pipeline depth (llhttp cannot be paused from a callback).
+_SLICE = 1024
+_PIPELINED_SLICE = 128
+
+
+class Notices:
+    """Warnings about limits that bite, at most one line per kind every ``every`` seconds (with
+    the count of those left out): an attack must not turn into a flood of log lines."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        left_out = self._left_out.pop(kind, 0)
+        if left_out:
+            message += f" ({left_out} more since the last such line)"
+        log.warning(message, *args)
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """The listener's bounds (docs/security.md, "Resource bounds"); defaults as in settings."""
+
+    head_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 2048
+    max_pipelined: int = 16
+    body_timeout: float = 20.0
+    body_min_rate: int = 500
+    send_timeout: float = 30.0
+    notices: Notices = field(default_factory=Notices, compare=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ListenerLimits:
+        return cls(
+            head_timeout=settings.head_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            max_pipelined=settings.max_pipelined,
+            body_timeout=settings.body_timeout,
+            body_min_rate=settings.body_min_rate,
+            send_timeout=settings.send_timeout,
+        )
+
+    @classmethod
+    def of(cls, config: Config) -> ListenerLimits:
+        """The limits a server was configured with (``config.limits``); without them, the
+        defaults with the head limits ProxyConfig carries."""
+        limits = getattr(config, "limits", None)
+        if isinstance(limits, ListenerLimits):
+            return limits
+        limits = cls(
+            head_timeout=getattr(config, "head_timeout", cls.head_timeout),
+            max_header_bytes=getattr(config, "max_header_bytes", cls.max_header_bytes),
+        )
+        return limits.apply_to(config)  # one Notices per server, not per connection
+
+    def apply_to(self, config: Config) -> ListenerLimits:
+        """Make these the limits of the servers ``config`` configures (it pickles with them
+        for the worker processes of ``--workers``)."""
+        config.limits = self  # type: ignore[attr-defined]
+        return self
 
 
 def parser_in_use() -> str:
@@ -34,45 +132,172 @@ def parser_in_use() -> str:
     return f"httptools {httptools.__version__} (llhttp)"
 
 
-def _reply(status: int, reason: str, code: str, message: str) -> bytes:
+def _reply(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
     body = json.dumps(
         {"error": {"message": message, "type": "invalid_request_error", "code": code}}
     ).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nx-foundry-proxy-error: {code}\r\n"
+        f"content-length: {len(body)}\r\nx-foundry-proxy-error: {code}\r\n{extra}"
         "connection: close\r\n\r\n"
     )
     return head.encode() + body
 
 
+class _CycleTransport:
+    """The connection as a request cycle sees it: uvicorn writes and closes through it, and
+    close() becomes the protocol's graceful close. ``write`` and ``is_closing`` are the
+    transport's own bound methods, so writing costs nothing extra."""
+
+    __slots__ = ("close", "is_closing", "write")
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.close = close
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with a request-head deadline and a request-head size limit, read from
-    the server's ProxyConfig (uvicorn makes one protocol instance per connection)."""
+    """HttpToolsProtocol with the bounds of ListenerLimits, read from the server's config
+    (uvicorn makes one protocol instance per connection)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.head_timeout: float = getattr(self.config, "head_timeout", 10.0)
-        self.max_header_bytes: int = getattr(self.config, "max_header_bytes", 64 * 1024)
+        self.limits = limits = ListenerLimits.of(self.config)
+        self.head_timeout = limits.head_timeout
+        self.max_header_bytes = limits.max_header_bytes
         self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head = True
+        self._in_head = True  # a head is awaited or being parsed
+        self._message_done = True  # no message in progress (none yet, or the last one ended)
+        self._completed = 0  # messages parsed to their end
         self._head_bytes = 0  # bytes received since the head began (reads, coarse)
         self._head_size = 0  # bytes of the head parsed so far (exact)
         self._oversized = False
+        self._chunk_empty = False  # a chunk header parsed and no data since: trailers follow
+        self._trailer_bytes = 0
+        self._held = b""  # pipelined input past the depth, parsed once answers catch up
+        self._discarding = False  # input is read and dropped from now on
+        self._lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0  # body bytes in the current window
+        self._body_excused = False  # the proxy stopped reading during the window
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_left = 0  # bytes the client had not taken at the last send check
+        self._cycle_transport: _CycleTransport | None = None
 
-    # A connection that never sends a byte is also a head that never arrives.
+    # -- connection ---------------------------------------------------------------------------
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._cycle_transport = _CycleTransport(transport, self._close)
+        open_now = len(self.connections)
+        if open_now > self.limits.max_connections:
+            self._turn_away(open_now)
+            return
+        # A connection that never sends a byte is also a head that never arrives.
         self._arm()
+
+    def _turn_away(self, open_now: int) -> None:
+        limit = self.limits.max_connections
+        self._in_head = False
+        self.limits.notices.warn(
+            "connections",
+            "%d connections open: new connections are answered 503 and closed "
+            "(FOUNDRY_PROXY_MAX_CONNECTIONS=%d)",
+            open_now - 1,
+            limit,
+        )
+        self.transport.write(
+            _reply(
+                503,
+                "Service Unavailable",
+                "too_many_connections",
+                f"foundry-proxy has {limit} connections open, its limit "
+                "(FOUNDRY_PROXY_MAX_CONNECTIONS); retry shortly",
+                "retry-after: 1\r\n",
+            )
+        )
+        if open_now > 2 * limit:
+            # Connections turned away linger too; past twice the limit they close at once.
+            self.transport.close()
+        else:
+            self._linger()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_body_window()
+        self._stop_send_check()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._held = b""
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        # The WebSocket protocol takes the connection over: none of our timers concern it.
+        self._disarm()
+        self._stop_body_window()
+        super().handle_websocket_upgrade()
+
+    # -- input --------------------------------------------------------------------------------
+
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._held:
+            self._hold(data)  # uvicorn resumed reading (a receive() call): keep the order
+            return
+        if (
+            self._message_done
+            and not self._in_head
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
+            # Bytes on an idle keep-alive connection: a head begins, or blank lines that start
+            # no message. Either way the head deadline runs from here.
+            self._in_head = True
+            self._head_bytes = 0
+            self._arm()
+        self._feed(data)
+        if (
+            not self._message_done
+            and not self._in_head
+            and self._body_timer is None
+            and not self._discarding
+        ):
+            self._start_body_window()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``, in slices when it may hold pipelined requests, holding back what
+        lies past the pipeline depth."""
+        end = len(data)
+        if end <= _SLICE and not self.pipeline:
+            self._parse(data)  # one small read: the usual case
+            return
+        view = memoryview(data)
+        depth = self.limits.max_pipelined
+        pos = 0
+        step = _PIPELINED_SLICE if self.pipeline else _SLICE
+        while pos < end:
+            if self._message_done and len(self.pipeline) >= depth:
+                self._hold(view[pos:])
+                return
+            completed = self._completed
+            self._parse(view[pos : pos + step])
+            pos += step
+            if self._discarding or self.transport.is_closing() or self.parser.should_upgrade():
+                # Closing, or the connection was upgraded (the rest is never read as HTTP).
+                return
+            if self._completed != completed:
+                step = _PIPELINED_SLICE if self.pipeline else _SLICE
+            else:
+                step *= 4  # inside a body: larger slices
+
+    def _parse(self, data: bytes | memoryview) -> None:
         if self._in_head:
             self._head_bytes += len(data)
-        super().data_received(data)
+        in_trailers = self._chunk_empty
+        super().data_received(data)  # type: ignore[arg-type]  # the parser takes memoryviews
         # Checked after parsing: a head followed by its body in one read is fine; a head still
         # incomplete after this many bytes is not.
         if self._in_head and self._head_bytes > self.max_header_bytes:
@@ -82,10 +307,58 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 "header_too_large",
                 f"the request head is larger than {self.max_header_bytes} bytes",
             )
+        elif in_trailers and self._chunk_empty:
+            # Still after the last chunk's header: trailer fields, which httptools buffers
+            # until each is complete. Bounded like a head.
+            self._trailer_bytes += len(data)
+            if self._trailer_bytes > self.max_header_bytes:
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    "header_too_large",
+                    f"the trailer section is larger than {self.max_header_bytes} bytes",
+                )
+
+    def _hold(self, rest: bytes | memoryview) -> None:
+        held = self._held + rest
+        if len(held) > self.max_header_bytes:
+            self._refuse_rest()
+            return
+        self._held = held
+        self.flow.pause_reading()
+
+    def _refuse_rest(self) -> None:
+        """Too much pipelined input: answer what was parsed, then close."""
+        self.limits.notices.warn(
+            "pipelining",
+            "a client pipelined more than %d requests and %d bytes beyond them: it gets the "
+            "answers to those, then its connection is closed (FOUNDRY_PROXY_MAX_PIPELINED)",
+            self.limits.max_pipelined,
+            self.max_header_bytes,
+        )
+        self._held = b""
+        self._discarding = True
+        self.flow.pause_reading()
+        if self.cycle is not None:
+            self.cycle.keep_alive = False  # the newest parsed request ends the connection
+
+    def on_response_complete(self) -> None:
+        if self._lingering:
+            self.server_state.total_requests += 1
+            return
+        super().on_response_complete()
+        if self._discarding:
+            self.flow.pause_reading()  # nothing more will be parsed
+        elif self._held and not self.transport.is_closing():
+            held, self._held = self._held, b""
+            self._feed(held)
+
+    # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._message_done = False
         self._head_bytes = self._head_size = 0
         self._arm()
 
@@ -101,6 +374,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer field: never one of the request's header fields (RFC 9112 section
+            # 7.1.2), so it can neither carry an inbound key nor reach the upstream.
+            return
         self._grow(len(name) + len(value) + 4)
         super().on_header(name, value)
 
@@ -138,11 +415,39 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # The parser stops at an upgrade head and uvicorn feeds it nothing more, so a body
             # would be lost while the request went upstream without it. Refuse (B25).
             raise ValueError("protocol upgrade with a request body")
+        previous = self.cycle
         super().on_headers_complete()
-        if other_upgrade and self.cycle is not None:
-            # Served as a plain request (Upgrade is hop-by-hop and not forwarded); bytes after
-            # the head are never read, so the connection must end with this response.
-            self.cycle.keep_alive = False
+        cycle = self.cycle
+        if cycle is not previous and cycle is not None:
+            cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            if other_upgrade:
+                # Served as a plain request (Upgrade is hop-by-hop and not forwarded); bytes
+                # after the head are never read, so the connection must end with this response.
+                cycle.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        self._chunk_empty = False
+        self._trailer_bytes = 0
+        super().on_body(body)
+        if self.flow.read_paused:
+            self._body_excused = True  # the app is not taking the body: not the client's fault
+
+    def on_chunk_header(self) -> None:
+        self._chunk_empty = True
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_empty = False
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        self._completed += 1
+        self._chunk_empty = False
+        self._stop_body_window()
+        super().on_message_complete()
+
+    # -- the head deadline --------------------------------------------------------------------
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -168,9 +473,94 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # A pipelined head trickling in behind a response still being sent.
             self.transport.close()
 
+    # -- the body deadline --------------------------------------------------------------------
+
+    def _start_body_window(self) -> None:
+        self._body_bytes = 0
+        self._body_excused = self.flow.read_paused
+        self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_window_end)
+
+    def _stop_body_window(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_window_end(self) -> None:
+        self._body_timer = None
+        if self._message_done or self._discarding or self.transport.is_closing():
+            return
+        limits = self.limits
+        cycle = self.cycle
+        wanted = max(1.0, limits.body_min_rate * limits.body_timeout)
+        excused = (
+            self._body_excused
+            or self.flow.read_paused
+            or (cycle is not None and cycle.waiting_for_100_continue)
+        )
+        if excused or self._body_bytes >= wanted:
+            self._start_body_window()
+            return
+        limits.notices.warn(
+            "body",
+            "a request body brought %d bytes in %g s: request ended with 408 "
+            "(FOUNDRY_PROXY_BODY_TIMEOUT=%g, FOUNDRY_PROXY_BODY_MIN_RATE=%d)",
+            self._body_bytes,
+            limits.body_timeout,
+            limits.body_timeout,
+            limits.body_min_rate,
+        )
+        if cycle is not None and cycle.response_complete:
+            self._close()  # answered already (the body was being skipped): just end it
+            return
+        self._refuse(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"the request body arrived slower than {limits.body_min_rate} bytes/s over "
+            f"{limits.body_timeout:g} s",
+        )
+
+    # -- the send deadline --------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_left = self.transport.get_write_buffer_size()
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_check()
+
+    def _stop_send_check(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_check(self) -> None:
+        self._send_timer = None
+        if not self.flow.write_paused or self.transport.is_closing():
+            return
+        left = self.transport.get_write_buffer_size()
+        if left < self._send_left:  # the client took some: it is slow, not gone
+            self._send_left = left
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
+            return
+        self.limits.notices.warn(
+            "send",
+            "a client read nothing of its answer for %g s: connection closed and its request "
+            "ended (FOUNDRY_PROXY_SEND_TIMEOUT)",
+            self.limits.send_timeout,
+        )
+        # uvicorn's connection_lost marks the request disconnected and unblocks its send();
+        # the forwarder then sees the disconnect and closes the upstream request.
+        self.transport.abort()
+
+    # -- closing ------------------------------------------------------------------------------
+
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
         self._disarm()
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._lingering:
             return
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
@@ -181,7 +571,46 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
             self.transport.write(_reply(status, reason, code, message))
-        self.transport.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Close the connection; gracefully when the client may still be sending."""
+        if self.transport.is_closing() or self._lingering:
+            return
+        pending = (
+            not self._message_done
+            or (self._in_head and self._head_bytes > 0)
+            or self._discarding
+            or bool(self._held)
+            or bool(self.pipeline)
+        )
+        if pending:
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Send what is buffered and a FIN, then discard input until the client closes or
+        LINGER_SECONDS pass: closing a socket with unread input makes the kernel send a reset,
+        and a reset destroys the answer in the client's buffers before it reads it."""
+        transport = self.transport
+        self._lingering = self._discarding = True
+        self._held = b""
+        self._disarm()
+        self._stop_body_window()
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self._linger_end)
+
+    def _linger_end(self) -> None:
+        self._linger_timer = None
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # the client reads nothing either
+        else:
+            self.transport.close()
 
 
 class ProxyConfig(Config):

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from proxy.listener import ProxyConfig
+from proxy.listener import ListenerLimits, ProxyConfig
 from proxy.settings import Settings
 
 log = logging.getLogger("foundry_proxy")
@@ -128,7 +128,7 @@ def open_listeners(host: str, port: int, uds: Path | None = None) -> Listeners:
 
 def proxy_config(app: Any, settings: Settings, **extra: Any) -> ProxyConfig:
     """uvicorn's configuration for the proxy, from the settings."""
-    return ProxyConfig(
+    config = ProxyConfig(
         app,
         head_timeout=settings.head_timeout,
         max_header_bytes=settings.max_header_bytes,
@@ -143,6 +143,8 @@ def proxy_config(app: Any, settings: Settings, **extra: Any) -> ProxyConfig:
         backlog=BACKLOG,
         **extra,
     )
+    ListenerLimits.from_settings(settings).apply_to(config)
+    return config
 
 
 def _nothing() -> None:

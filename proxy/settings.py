@@ -246,6 +246,18 @@ class Settings(BaseSettings):
     max_header_bytes: Annotated[
         int, _env("FOUNDRY_PROXY_MAX_HEADER_BYTES"), Field(ge=1024, le=1024 * 1024)
     ] = 64 * 1024
+    # Resource bounds of the listener (docs/security.md, "Resource bounds"). Connections at
+    # most (more are answered 503 and closed): 1,000 streams plus idle keep-alive connections.
+    max_connections: Annotated[
+        int, _env("FOUNDRY_PROXY_MAX_CONNECTIONS"), Field(ge=1, le=1_000_000)
+    ] = 2048
+    # Pipelined requests parsed ahead of the one being answered; past that, reading waits.
+    max_pipelined: Annotated[int, _env("FOUNDRY_PROXY_MAX_PIPELINED"), Field(ge=1, le=1024)] = 16
+    # A request body must bring at least body_min_rate bytes/s over each body_timeout window.
+    body_timeout: Annotated[float, _env("FOUNDRY_PROXY_BODY_TIMEOUT"), Field(gt=0, le=3600)] = 20.0
+    body_min_rate: Annotated[int, _env("FOUNDRY_PROXY_BODY_MIN_RATE"), Field(ge=0)] = 500
+    # An answer the client takes nothing of for this long is abandoned (its slot freed).
+    send_timeout: Annotated[float, _env("FOUNDRY_PROXY_SEND_TIMEOUT"), Field(gt=0, le=3600)] = 30.0
     # A Unix domain socket to listen on as well (mode 0600): pod-local callers on a shared
     # volume, unreachable from the network and from other users.
     uds: Annotated[Path | None, _env("FOUNDRY_PROXY_UDS")] = None
