@@ -1,29 +1,51 @@
-# syntax=docker/dockerfile:1
-# foundry-proxy container image: one small process, non-root, no pip and no build tools at
-# runtime, read-only root filesystem friendly.
+# foundry-proxy container image: one process, non-root, read-only-root friendly, no pip, no
+# compiler and no build tool at runtime. Why this base and this content: docs/container.md.
 #
-#   docker build -t foundry-proxy .            (BuildKit: Docker 23+ or `docker buildx build`)
+#   docker build -t foundry-proxy .          (Docker 23+, or podman/buildah: plain Dockerfile)
+#   podman build --format docker -t foundry-proxy .   (docker format keeps the HEALTHCHECK)
 #
-# Base image: the official Debian slim Python, pinned to a patch release. Pin its digest too
-# (`FROM python:3.12.12-slim-bookworm@sha256:...`, the same digest in both stages) where images
-# can be pulled; this repository's tooling cannot reach a registry, so no digest is recorded
-# here. Distroless Python was not chosen: its interpreter is Debian's, at another path and
-# version than the build stage's, so the venv built here would not run on it unchecked.
-# tests/deploy/test_image.py lints this file and replays its RUN, HEALTHCHECK and ENTRYPOINT
-# commands in a fresh venv: keep them plain (one command per `&&`, no shell expansion).
+# Base: Debian's slim image and Debian's own python3 (trixie: Python 3.13), in both stages, so
+# the interpreter, OpenSSL and libc get Debian's security fixes on every rebuild. Pin the base
+# by digest where images are pulled: --build-arg BASE=docker.io/library/debian:trixie-slim@sha256:...
+# Python dependencies come only from requirements/image.txt: exact versions, every file's
+# SHA-256 checked (pip --require-hashes). Refresh it with scripts/lock-image.
+ARG BASE=docker.io/library/debian:trixie-slim
 
-# ---- build: the project and every dependency as wheels --------------------------------------
-FROM python:3.12.12-slim-bookworm AS build
+# ---- build: a venv holding the locked dependencies and the project ---------------------------
+FROM ${BASE} AS build
+# Debian's packages follow the suite's security updates; pinning their versions would break
+# the build at the next point release (the old .deb leaves the mirror).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+# A package index or TLS-inspecting proxy of your own, for this stage only (nothing of them
+# reaches the final image): --build-arg PIP_INDEX_URL=... --build-arg PIP_CERT=/path/in/build.
+ARG PIP_INDEX_URL
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+COPY requirements/image.txt requirements/image-build.txt ./requirements/
+# /tools holds pip and setuptools (locked too); the app venv is made without pip and filled by
+# /tools' pip (--python), so neither ever enters it. Only wheels: nothing is compiled here.
+RUN python3 -m venv /tools \
+ && /tools/bin/pip install --require-hashes --only-binary :all: --no-deps -r requirements/image-build.txt \
+ && python3 -m venv --without-pip /opt/foundry-proxy \
+ && /tools/bin/pip --python /opt/foundry-proxy/bin/python install --require-hashes --only-binary :all: --no-deps -r requirements/image.txt
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels '.[certificate]'
+# The project's own wheel, built with the locked setuptools; `pip check` fails the build if
+# the lock misses a dependency (the installs above use --no-deps).
+RUN /tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && /tools/bin/pip --python /opt/foundry-proxy/bin/python install --no-deps --no-index --find-links /wheels foundry-proxy \
+ && /tools/bin/pip --python /opt/foundry-proxy/bin/python check \
+ && /opt/foundry-proxy/bin/python -m compileall -q /opt/foundry-proxy
 
 # ---- runtime ---------------------------------------------------------------------------------
-FROM python:3.12.12-slim-bookworm AS runtime
+FROM ${BASE} AS runtime
+ARG BASE
 ARG VERSION=0.0.0+unknown
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -37,26 +59,21 @@ LABEL org.opencontainers.image.title="foundry-proxy" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.12.12-slim-bookworm"
-# No .pyc written at runtime (the root filesystem may be read-only; bytecode is compiled below),
-# logs unbuffered, and HOME points at nothing: the proxy writes no file of its own.
-ENV PATH=/opt/foundry-proxy/bin:$PATH \
+      org.opencontainers.image.base.name="${BASE}"
+# Debian's interpreter (the venv's python links to it; Debian compiles its bytecode on
+# install) and the CA bundle the proxy's TLS to Entra and Foundry verifies against. No pip:
+# Debian ships ensurepip's wheels in python3-venv/python3-pip, which are not installed here.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/apt /var/log/dpkg.log
+COPY --from=build /opt/foundry-proxy /opt/foundry-proxy
+# No .pyc written at runtime (the root filesystem may be read-only; bytecode is compiled in the
+# build), logs unbuffered, and HOME points at nothing: the proxy writes no file of its own.
+ENV PATH=/opt/foundry-proxy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/nonexistent
-# The wheels are bind-mounted from the build stage, so they never become a layer of this image.
-# Only those wheels are installed (--no-index): the exact versions the build stage resolved.
-# Then pip (and setuptools/wheel, where present) leave the venv, and the bytecode is compiled.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m venv /opt/foundry-proxy \
- && /opt/foundry-proxy/bin/python -m pip install --no-cache-dir --no-index --find-links /wheels 'foundry-proxy[certificate]' \
- && /opt/foundry-proxy/bin/python -m pip uninstall --yes pip setuptools wheel \
- && /opt/foundry-proxy/bin/python -m compileall -q /opt/foundry-proxy
-# The base image's own pip goes too, and its standard library (shipped without .pyc) is compiled
-# so that a read-only root filesystem costs no start-up time.
-RUN python -m pip uninstall --yes pip setuptools wheel \
- && python -m compileall -q /usr/local/lib/python3.12 \
- && rm -rf /root/.cache
 
 # Non-root, numeric so that Kubernetes' runAsNonRoot can verify it (65532: distroless "nonroot").
 USER 65532:65532
