@@ -119,9 +119,9 @@ class Forwarder:
             ),
             # Corporate proxies are opt-in: HTTPS_PROXY must not silently receive the token.
             trust_env=cfg.trust_env,
-            # No skip_auto_headers: it costs ~6 % of a request's CPU (aiohttp rebuilds it per
-            # request). Accept-Encoding is always set by request_headers instead; aiohttp may
-            # add Accept: */* and its User-Agent when the client sent none.
+            # No session-wide skip_auto_headers: it costs ~6 % of a request's CPU (aiohttp
+            # rebuilds it per request). Accept-Encoding is always set by request_headers; the
+            # headers aiohttp would invent are skipped per request, only when missing (_unsent).
         )
 
     @property
@@ -196,26 +196,27 @@ class Forwarder:
         if verdict != 200:
             await self._refuse_operation(send, verdict, scope["method"], target.path)
             return
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self._config.queue_timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                await send_error(
-                    send,
-                    503,
-                    "upstream_pool_exhausted",
-                    f"foundry-proxy is at its limit of {self._config.max_concurrency} requests "
-                    "in flight (FOUNDRY_PROXY_MAX_CONCURRENCY); retry shortly",
-                    [(b"retry-after", b"1")],
-                )
-                return
-        else:
+        await self._forward(scope, receive, send, target, inbound, x)
+
+    async def _take_slot(self, send: Send) -> bool:
+        """One of max_concurrency slots, waiting up to queue_timeout; else answer 503."""
+        if not self._slots.locked():
             await self._slots.acquire()
+            return True
         try:
-            await self._forward(scope, receive, send, target, inbound, x)
-        finally:
-            self._slots.release()
+            async with asyncio.timeout(self._config.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            await send_error(
+                send,
+                503,
+                "upstream_pool_exhausted",
+                f"foundry-proxy is at its limit of {self._config.max_concurrency} requests "
+                "in flight (FOUNDRY_PROXY_MAX_CONCURRENCY); retry shortly",
+                [(b"retry-after", b"1")],
+            )
+            return False
+        return True
 
     def _request_id(self) -> str:
         """A version-4 UUID from a generator seeded once from the OS: uuid.uuid4() reads
@@ -276,10 +277,16 @@ class Forwarder:
         assert owner is not None
         watch = Watch(receive, owner)
         body = Body(length, self._config.max_body_bytes)
+        slot = False
         try:
             await body.read_start(receive, self._config.replay_body_limit)
             if body.data is not None:
                 watch.start()
+            # The slot is taken once the body (or, for a large one, its replayable start) is
+            # in: a client trickling its body holds no slot meanwhile (docs/security.md).
+            slot = await self._take_slot(send)
+            if not slot:
+                return
             token = self._tokens.token_now(token_scope)
             if token is None:
                 try:
@@ -303,6 +310,8 @@ class Forwarder:
             raise
         finally:
             watch.stop()
+            if slot:
+                self._slots.release()
             x.bytes_in = body.size  # Body counts what it read; no wrapper around receive
 
     def refusal(self, inbound: Inbound, scope: Scope) -> tuple[str, str] | None:
@@ -353,7 +362,12 @@ class Forwarder:
             sent = [*headers, ("Authorization", "Bearer " + token)]
             try:
                 response = await session.request(
-                    request.method, request.url, headers=sent, data=data, allow_redirects=False
+                    request.method,
+                    request.url,
+                    headers=sent,
+                    data=data,
+                    allow_redirects=False,
+                    skip_auto_headers=_unsent(headers),
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if body.gone:
@@ -389,6 +403,17 @@ class Forwarder:
                 else:
                     response.close()
             return
+
+
+# Headers aiohttp adds to a request that lacks them (Content-Type: application/octet-stream on
+# a body, Accept: */*, its own User-Agent): the upstream must see the client's request as sent.
+_AUTO_HEADERS = frozenset({"accept", "user-agent", "content-type"})
+
+
+def _unsent(headers: list[tuple[str, str]]) -> frozenset[str] | None:
+    """Which of _AUTO_HEADERS the client did not send; None (aiohttp's fast path) when it
+    sent them all, as the SDKs do."""
+    return _AUTO_HEADERS.difference(name for name, _ in headers) or None
 
 
 async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes | None]:
