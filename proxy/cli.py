@@ -67,6 +67,7 @@ def _commands(parser: argparse.ArgumentParser) -> None:
     )
     demo = commands.add_parser(
         "demo",
+        prog="foundry-proxy demo",
         help="try the proxy against an emulated Entra ID and Foundry (no Azure account)",
         description="Run the proxy in front of an emulated Entra ID and Foundry: no Azure "
         "account needed, nothing leaves this machine.",
@@ -74,6 +75,7 @@ def _commands(parser: argparse.ArgumentParser) -> None:
     demo_arguments(demo)
     check = commands.add_parser(
         "check",
+        prog="foundry-proxy check",
         help="check a configuration step by step, down to one call to the upstream",
         description="Check a configuration step by step: settings, Entra token, token "
         "contents, one call to the upstream. Exits 0 only when that call works.",

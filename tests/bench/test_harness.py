@@ -6,11 +6,12 @@ Figures from a run this short mean nothing and are not judged: this only guards 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.processes import run
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("nginx", "wrk")
@@ -21,13 +22,8 @@ TOOLS = ("nginx", "wrk")
     reason="the benchmark needs nginx and wrk (apt-get install nginx-light wrk; .ci/run does)",
 )
 def test_tiny_benchmark_produces_the_table(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    result = run(
+        [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)], cwd=ROOT, timeout=240
     )
     assert result.returncode == 0, result.stdout + result.stderr
     table = (tmp_path / "latest.md").read_text()

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -40,6 +39,7 @@ from tests.fakes.certificates import cert_pem, key_pem, make_certificate, pfx, r
 from tests.fakes.entra import FakeEntra
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.processes import run
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -521,5 +521,5 @@ def test_the_modules_import_without_cryptography() -> None:
         "import sys; sys.modules['cryptography'] = None; "
         "import proxy.credentials.certificate, proxy.emulator.entra"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
-    assert done.returncode == 0, done.stderr.decode()
+    done = run([sys.executable, "-c", code])
+    assert done.returncode == 0, done.stderr

@@ -11,7 +11,6 @@ import ipaddress
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests")
 
 from proxy.settings import env_names, load_settings  # noqa: E402
+from tests.support.processes import run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -192,12 +192,9 @@ def test_kustomize_builds(pattern: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: `kubectl kustomize` not checked")
-    built = subprocess.run(
+    built = run(
         [kubectl, "kustomize", str(DEPLOY / pattern)],
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
         env={**os.environ, "KUBECONFIG": os.devnull},
     )
     assert built.returncode == 0, built.stderr

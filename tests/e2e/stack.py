@@ -1,14 +1,14 @@
 """A whole test deployment on loopback: fake Entra, fake Foundry, and the real proxy process.
 
 The proxy runs as ``python -m proxy`` in a subprocess, exactly as users start it, configured
-only through its environment; its stderr is captured so tests can read (and scan) its logs.
+only through its environment; its output is captured so tests can read (and scan) its logs, and
+it is ended with its whole process group whatever the test's outcome (tests/support).
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -25,19 +24,13 @@ from tests.fakes.entra import FakeEntra
 from tests.fakes.foundry import FakeFoundry
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.processes import Child, run
+from tests.support.readiness import wait_for_status
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
-    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+# The proxy's "where to connect" line, written once the address accepts connections.
+LISTENING = r"listening on http://127\.0\.0\.1:(\d+)"
 
 
 def clean_environment() -> dict[str, str]:
@@ -51,53 +44,31 @@ def clean_environment() -> dict[str, str]:
 
 
 class ProxyProcess:
-    """``python -m proxy`` on a free loopback port."""
+    """``python -m proxy`` on a free loopback port, in a process group of its own."""
 
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "--port", "0", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._port_seen = threading.Event()
+        self.child = Child([sys.executable, "-m", "proxy", "--port", "0", *args], env=env)
+        self.proc = self.child.proc
+        self.lines = self.child.out  # stdout and stderr, as written
         self.port = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if not self.port and (m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)):
-                self.port = int(m.group(1))
-                self._port_seen.set()
-        self._port_seen.set()
+    def wait_listening(self, timeout: float = 30) -> ProxyProcess:
+        """Until the proxy says where it listens and answers /healthz there."""
+        try:
+            found = self.child.wait_for_line(LISTENING, timeout)
+            if found is None:
+                raise RuntimeError("proxy did not start:\n" + self.log)
+            self.port = int(found.group(1))
+            if not wait_for_status(self.url + "/healthz", 200, timeout):
+                raise RuntimeError("proxy never answered /healthz:\n" + self.log)
+        except BaseException:
+            self.child.end()
+            raise
+        return self
 
-    def wait_listening(self, timeout: float = 20) -> ProxyProcess:
-        if not self._port_seen.wait(timeout) or not self.port:
-            self.stop()
-            raise RuntimeError("proxy did not start:\n" + self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx2.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("proxy never answered /healthz:\n" + self.log)
-
-    def wait_ready(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if httpx2.get(self.url + "/readyz", timeout=2).status_code == 200:
-                return
-            time.sleep(0.02)
-        raise AssertionError("proxy never became ready:\n" + self.log)
+    def wait_ready(self, timeout: float = 20) -> None:
+        if not wait_for_status(self.url + "/readyz", 200, timeout):
+            raise AssertionError("proxy never became ready:\n" + self.log)
 
     @property
     def url(self) -> str:
@@ -108,17 +79,8 @@ class ProxyProcess:
         return "".join(self.lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        """Stop with ``sig`` (killed after ``timeout`` s), process group and pipes included."""
+        return self.child.stop(sig, timeout)
 
 
 class Stack:
@@ -180,26 +142,21 @@ class Stack:
 
     def close(self) -> str:
         log = ""
-        if self.proxy is not None:
-            self.proxy.stop()
-            log = self.proxy.log
-        self.foundry_server.stop()
-        self.entra_server.stop()
+        try:
+            if self.proxy is not None:
+                self.proxy.stop()
+                log = self.proxy.log
+        finally:
+            self.foundry_server.stop()
+            self.entra_server.stop()
         return log
 
 
 def run_proxy(
-    args: list[str], env: dict[str, str], timeout: float = 30
+    args: list[str], env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``python -m proxy ARGS`` to completion (startup errors, ``check``), output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run([sys.executable, "-m", "proxy", *args], env=env, timeout=timeout)
 
 
 def chat_load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str]]:

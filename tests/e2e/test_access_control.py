@@ -13,6 +13,7 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack, clean_environment, run_proxy
+from tests.support import processes
 
 pytestmark = pytest.mark.e2e
 
@@ -169,14 +170,8 @@ def test_non_loopback_bind_needs_keys_or_the_opt_in() -> None:
     }
 
     def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from proxy.settings import load_settings; load_settings()"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        code = "from proxy.settings import load_settings; load_settings()"
+        return processes.run([sys.executable, "-c", code], env=env, timeout=60)
 
     refused = run(base)
     assert refused.returncode != 0

@@ -80,7 +80,7 @@ def test_pkcs12_with_password_and_chain_for_subject_name_auth(
 def test_unregistered_certificate_says_how_to_fix_it(fresh_stack: Stack, tmp_path: Path) -> None:
     import httpx2
 
-    from tests.e2e.stack import wait_until
+    from tests.support.readiness import wait_until
 
     s = fresh_stack
     key = rsa_key()

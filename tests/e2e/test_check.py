@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.e2e.stack import Stack, clean_environment
+from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.entra import entra_error
 from tests.fakes.serve import ServerThread, bind_loopback
 
@@ -38,14 +36,7 @@ def check(stack: Stack, tmp_path: Path, *args: str, **overrides: str) -> tuple[i
     env_file = tmp_path / "check.env"
     values = {k: stack.env[k] for k in KEYS} | overrides
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--env-file", str(env_file), *args],
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_proxy(["check", "--env-file", str(env_file), *args], clean_environment())
     output = result.stdout + result.stderr
     # Whatever happened, neither the secret nor any token may be printed.
     assert not stack.leaks(output), output

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx2
 import pytest
 
 from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, run_proxy
+from tests.fakes.foundry import Entry
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -132,31 +134,90 @@ def test_env_file_serves_and_sigterm_exits_cleanly(fresh_stack: Stack, tmp_path:
     assert "listening on http://127.0.0.1:" in proxy.log
 
 
+class StreamInFlight:
+    """A streamed chat completion (10 events, 0.1 s apart) read by a thread, under way once
+    the upstream has written its first event."""
+
+    def __init__(self, s: Stack, tag: str) -> None:
+        self.s = s
+        self.tag = tag
+        self.body = b""
+        self.error: httpx2.HTTPError | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        assert wait_until(self._streaming, 20), "the stream never started upstream"
+
+    def _streaming(self) -> bool:
+        return any(e.events for e in self.s.foundry.entries("/chat/completions") if self._ours(e))
+
+    def _ours(self, entry: Entry) -> bool:
+        return entry.header("x-test-id") == [self.tag]
+
+    def _read(self) -> None:
+        body = {"model": "m", "messages": [], "stream": True}
+        headers = {"x-fake-chunks": "10", "x-fake-delay": "0.1", "x-test-id": self.tag}
+        try:
+            with httpx2.stream(
+                "POST", self.s.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+            ) as r:
+                self.body = r.read()
+        except httpx2.HTTPError as exc:
+            self.error = exc
+
+    def finished(self, timeout: float) -> bytes:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the stream did not finish"
+        assert self.error is None, repr(self.error)
+        return self.body
+
+
 def test_sigterm_lets_an_open_stream_finish(fresh_stack: Stack) -> None:
     """Graceful shutdown: a stream in flight at SIGTERM completes; new connections are refused."""
     s = fresh_stack
     proxy = s.start_proxy()
-    result: dict[str, object] = {}
-
-    def stream() -> None:
-        body = {"model": "m", "messages": [], "stream": True}
-        headers = {"x-fake-chunks": "10", "x-fake-delay": "0.1"}
-        with httpx2.stream(
-            "POST", proxy.url + "/v1/chat/completions", json=body, headers=headers
-        ) as r:
-            result["body"] = r.read()
-
-    t = threading.Thread(target=stream)
-    t.start()
-    time.sleep(0.4)
+    stream = StreamInFlight(s, "sigterm")
     proxy.proc.send_signal(signal.SIGTERM)
-    t.join(10)
-    assert proxy.proc.wait(10) == 0
-    body = result["body"]
-    assert isinstance(body, bytes)
-    assert body.endswith(b"data: [DONE]\n\n")
+    assert stream.finished(20).endswith(b"data: [DONE]\n\n")
+    assert proxy.child.wait(20) == 0
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(proxy.url + "/healthz")
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_sighup_drains_like_sigterm(fresh_stack: Stack, workers: int) -> None:
+    """A closing terminal or ssh session sends SIGHUP to the proxy's whole process group (the
+    supervisor and its workers too): the stream in flight completes, its access line is
+    written, and the proxy exits 0 instead of dying by the signal."""
+    s = fresh_stack
+    s.env["FOUNDRY_PROXY_ACCESS_LOG"] = "json"
+    proxy = s.start_proxy("--workers", str(workers))
+    stream = StreamInFlight(s, "sighup")
+    proxy.child.signal_group(signal.SIGHUP)
+    assert stream.finished(20).endswith(b"data: [DONE]\n\n")
+    assert proxy.child.wait(30) == 0, proxy.log
+    access = [
+        json.loads(line)
+        for line in proxy.lines
+        if line.startswith('{"time":') and '"/v1/chat/completions"' in line
+    ]
+    assert [(a["status"], a["streamed"]) for a in access] == [(200, True)], proxy.log
+    assert "Traceback" not in proxy.log
+
+
+def test_help_lists_the_commands() -> None:
+    """`demo` and `check` are commands in --help; the proxy's options still need none."""
+    helped = run(["--help"], clean_environment())
+    assert helped.returncode == 0
+    assert "foundry-proxy demo [options]" in helped.stdout
+    assert "foundry-proxy check [options]" in helped.stdout
+    for command in ("demo", "check"):
+        assert f"    {command}  " in helped.stdout, helped.stdout
+        sub = run([command, "--help"], clean_environment())
+        assert sub.returncode == 0
+        assert f"usage: foundry-proxy {command}" in sub.stdout
+    misplaced = run(["--port", "0", "demo"], clean_environment())
+    assert misplaced.returncode == 2
+    assert "options go after the command" in misplaced.stderr
 
 
 def test_workers_share_the_port_and_stop_cleanly(fresh_stack: Stack) -> None:
@@ -166,9 +227,7 @@ def test_workers_share_the_port_and_stop_cleanly(fresh_stack: Stack) -> None:
     with httpx2.Client() as client:
         statuses = {client.get(proxy.url + "/v1/models").status_code for _ in range(40)}
     assert statuses == {200}
-    deadline = time.monotonic() + 10
-    while len(s.entra.calls) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(s.entra.calls) >= 2, 20)
     assert len(s.entra.calls) == 2, "each worker holds its own token"
     assert proxy.stop(signal.SIGTERM) == 0
     assert "Started parent process" in proxy.log

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
+import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -14,71 +12,56 @@ import httpx2
 import openai
 import pytest
 
-from tests.e2e.stack import clean_environment
+from tests.e2e.stack import clean_environment, run_proxy
+from tests.support.processes import Child
+from tests.support.readiness import wait_for_status
 
 pytestmark = pytest.mark.e2e
 
 
+PROXY_URL = r"^\s+proxy\s+(http://127\.0\.0\.1:\d+)"
+
+
 class Demo:
+    """``foundry-proxy demo --port 0`` in a process group of its own, ready to serve."""
+
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
+        self.child = Child(
             [sys.executable, "-m", "proxy", "demo", "--port", "0", *args],
             env=clean_environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            merge=False,
         )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.url = ""
-        seen = threading.Event()
+        try:
+            found = self.child.wait_for_line(PROXY_URL, 60)
+            assert found, "demo printed no proxy URL:\n" + self.child.stdout + self.child.stderr
+            self.url = found.group(1)
+            assert wait_for_status(self.url + "/readyz", 200, 30), "demo never became ready"
+        except BaseException:
+            self.child.end()
+            raise
 
-        def read_out() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.out.append(line)
-                if m := re.match(r"\s+proxy\s+(http://127\.0\.0\.1:\d+)", line):
-                    self.url = m.group(1)
-                    seen.set()
-            seen.set()
+    @property
+    def out(self) -> list[str]:
+        return self.child.out
 
-        def read_err() -> None:
-            assert self.proc.stderr is not None
-            self.err.extend(self.proc.stderr)
-
-        self.readers = [threading.Thread(target=read_out), threading.Thread(target=read_err)]
-        for t in self.readers:
-            t.start()
-        seen.wait(30)
-        assert self.url, "demo printed no proxy URL:\n" + "".join(self.out + self.err)
-        deadline = time.monotonic() + 15
-        while httpx2.get(self.url + "/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "demo never became ready"
-            time.sleep(0.05)
+    @property
+    def err(self) -> list[str]:
+        return self.child.err
 
     def stop(self, sig: int = signal.SIGINT) -> tuple[int, float]:
+        """Stop with ``sig`` as a user would; the exit code and how long it took."""
         started = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(5)
-        for t in self.readers:
-            t.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        code = self.child.stop(sig, timeout=15)
         return code, time.monotonic() - started
 
 
 @pytest.fixture
 def demo() -> Iterator[Demo]:
     d = Demo("--token-delay", "0.1")
-    yield d
-    d.stop()
+    try:
+        yield d
+    finally:
+        d.stop()
 
 
 def test_demo_streams_a_chat_completion_and_stops_on_ctrl_c(demo: Demo) -> None:
@@ -107,9 +90,27 @@ def test_demo_streams_a_chat_completion_and_stops_on_ctrl_c(demo: Demo) -> None:
     assert "EMULATED" in banner
     assert f'OpenAI(base_url="{demo.url}/v1"' in banner
     assert f"curl -N {demo.url}/v1/chat/completions" in banner
+    # The Python snippet needs the SDK, which the proxy does not install.
+    assert "pip install openai" in banner
+    assert banner.index("curl -N") < banner.index("pip install openai")
     code, took = demo.stop(signal.SIGINT)
     assert code == 0
-    assert took < 5
+    assert took < 10
+    # One server the user runs, one pair of lifecycle lines (the emulators' are not repeated).
+    log = "".join(demo.err)
+    assert log.count("Started server process") == 1, log
+    assert log.count("Finished server process") == 1, log
+
+
+def test_demo_runs_the_production_listener(demo: Demo) -> None:
+    """The demo's proxy is the guarded listener of listener.py, as in production: a request
+    target that is not in origin form is refused by the listener itself (plain uvicorn would
+    hand it to the app)."""
+    port = int(demo.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
 
 
 def test_demo_serves_every_emulated_route(demo: Demo) -> None:
@@ -179,14 +180,7 @@ def test_demo_refreshes_short_tokens() -> None:
 
 
 def test_demo_refuses_bad_options() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "demo", "--port", "70000", "--rate-limit-every", "-1"],
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_proxy(["demo", "--port", "70000", "--rate-limit-every", "-1"], clean_environment())
     assert result.returncode == 2
     assert "--port must be between 0 and 65535" in result.stderr
     assert "--rate-limit-every must not be negative" in result.stderr

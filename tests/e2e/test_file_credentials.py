@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack, wait_until
+from tests.e2e.stack import Stack
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 

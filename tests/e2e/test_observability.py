@@ -8,7 +8,8 @@ import re
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack, openai_client, wait_until
+from tests.e2e.stack import Stack, openai_client
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import httpx2
@@ -26,9 +25,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from proxy.emulator.foundry import AI, COGNITIVE
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack, wait_until
+from tests.e2e.stack import CLIENT_ID, TENANT, Stack
 from tests.fakes.realtime import FakeRealtime, RealtimeSession, one_origin
 from tests.fakes.serve import ServerThread
+from tests.support.procfs import rss_kb
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -535,13 +536,6 @@ def test_message_above_the_limit_from_the_upstream_closes_both_sides_with_1009(
 # -- (e) backpressure -------------------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_slow_client_does_not_grow_the_proxy(rt: RealtimeStack) -> None:
     assert rt.s.proxy is not None
     pid = rt.s.proxy.proc.pid
@@ -552,13 +546,13 @@ def test_slow_client_does_not_grow_the_proxy(rt: RealtimeStack) -> None:
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
+            peak[0] = max(peak[0], rss_kb(pid))
             time.sleep(0.02)
 
     # max_queue=1: the client's own reader thread stops reading after one message, so the
     # relay's TCP send to it stalls (unless the relay buffers).
     with session_on(rt, "/v1/realtime?model=dep", max_queue=1, compression=None) as ws:
-        baseline = rss_kib(pid)
+        baseline = rss_kb(pid)
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack, wait_until
+from tests.e2e.stack import Stack
 from tests.fakes.serve import bind_loopback
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 

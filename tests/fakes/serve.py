@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Any
 
 import uvicorn
 
+from tests.support.readiness import wait_until
+
 
 def bind_loopback(host: str = "127.0.0.1") -> socket.socket:
+    """A socket on a free port of ``host``, bound but not listening (connections to it are
+    refused until a server takes it)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
@@ -48,11 +51,12 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("fake server did not start")
-            time.sleep(0.01)
+        if not wait_until(lambda: self.server.started or not self.thread.is_alive(), 30):
+            self.stop()
+            raise RuntimeError("fake server did not start within 30 s")
+        if not self.server.started:
+            self.sock.close()
+            raise RuntimeError("fake server did not start")
         return self
 
     def stop(self) -> None:

@@ -14,15 +14,16 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 import pytest
 
-from tests.e2e.stack import Stack, openai_client, wait_until
+from tests.e2e.stack import Stack, openai_client
 from tests.fakes.faultproxy import FaultProxy, RawServer
+from tests.support.procfs import rss_kb
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -117,13 +118,6 @@ def _stream(s: Stack, steering: dict[str, str]) -> tuple[int, bytes, list[float]
 def _drain(stream: Any, into: list[Any]) -> None:
     for item in stream:
         into.append(item)
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 # -- F54: connection failures -----------------------------------------------------------------
@@ -414,7 +408,7 @@ def test_f59_garbage_responses_are_502(faulty: tuple[Stack, FaultProxy]) -> None
         s.start_proxy()
         assert s.proxy is not None
         assert _post(s).status_code == 200
-        baseline = _rss_bytes(s.proxy.proc.pid)
+        baseline = rss_kb(s.proxy.proc.pid) * 1024
         for _ in range(3):
             for name, reply in GARBAGE.items():
                 raw.response = reply
@@ -427,7 +421,7 @@ def test_f59_garbage_responses_are_502(faulty: tuple[Stack, FaultProxy]) -> None
                 fault.target = healthy
                 r = _post(s)
                 assert r.status_code == 200, (name, r.text)
-        grown = _rss_bytes(s.proxy.proc.pid) - baseline
+        grown = rss_kb(s.proxy.proc.pid) * 1024 - baseline
     finally:
         raw.stop()
     assert raw.requests == 3 * len(GARBAGE)

@@ -1,5 +1,6 @@
 """Helpers for the load and client-fault tests: a raw asyncio HTTP/1.1 client that times every
-SSE event, process measurements from /proc, and small statistics.
+SSE event, the file limit the proxy inherits, and small statistics. (Process measurements from
+/proc are in tests/support/procfs.py.)
 
 Raw sockets rather than an HTTP library: a thousand of them cost little, and the test decides to
 the byte when a client leaves (half a body, right after the head, after the k-th event).
@@ -11,17 +12,19 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import resource
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tests.e2e.stack import CLIENT_ID, TENANT, Stack
+
+# Process measurements live in tests/support/procfs.py; these names stay importable from here.
+from tests.support.procfs import fd_count as fd_count
+from tests.support.procfs import rss_kb as rss_kb
+from tests.support.procfs import settle_fds as settle_fds
 
 COGNITIVE = "https://cognitiveservices.azure.com"
 # The fake streams N tokens as N + 4 SSE events: prompt filter results, role, N tokens, stop,
@@ -55,42 +58,7 @@ def direct_token(s: Stack) -> str:
     return s.issuer.issue(tenant=TENANT, client_id=CLIENT_ID, audience=COGNITIVE, lifetime=3600)
 
 
-# -- process measurements -------------------------------------------------------------------
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def rss_kb(pid: int) -> int:
-    return _status_kb(pid, "VmRSS")
-
-
-def peak_rss_kb(pid: int) -> int:
-    return _status_kb(pid, "VmHWM")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def fd_count(pid: int) -> int:
-    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
-
-
-def settle_fds(pid: int, target: int, timeout: float) -> int:
-    """Poll until the fd count is at most ``target`` (bounded); return the last count."""
-    deadline = time.monotonic() + timeout
-    count = fd_count(pid)
-    while count > target and time.monotonic() < deadline:
-        time.sleep(0.1)
-        count = fd_count(pid)
-    return count
+# -- process limits --------------------------------------------------------------------------
 
 
 def raise_nofile(wanted: int) -> int:
@@ -104,32 +72,6 @@ def raise_nofile(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
         soft = top
     return soft
-
-
-class RssSampler:
-    """Samples a process's RSS from a background thread; keeps the maximum seen."""
-
-    def __init__(self, pid: int, every: float = 0.05) -> None:
-        self.pid = pid
-        self.every = every
-        self.peak_kb = rss_kb(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            with contextlib.suppress(OSError):
-                self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        with contextlib.suppress(OSError):
-            self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
 
 
 # -- statistics ------------------------------------------------------------------------------

@@ -15,23 +15,22 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack, wait_until
+from tests.e2e.stack import Stack
 from tests.load._support import (
     EXTRA_EVENTS,
     Exchange,
     chat_body,
     close_writer,
-    fd_count,
     ms,
     pct,
     read_events,
     read_head,
     request_bytes,
-    rss_kb,
     set_rst_on_close,
-    settle_fds,
     stream_once,
 )
+from tests.support.procfs import fd_count, rss_kb, settle_fds
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,15 @@ from tests.fakes.foundry import Entry
 from tests.load._support import (
     EXTRA_EVENTS,
     Exchange,
-    RssSampler,
-    cpu_seconds,
     direct_token,
-    fd_count,
     ms,
     pct,
-    peak_rss_kb,
     raise_nofile,
     result_of,
-    rss_kb,
     stream_once,
 )
+from tests.support.processes import run
+from tests.support.procfs import RssSampler, cpu_seconds, fd_count, peak_rss_kb, rss_kb
 
 pytestmark = pytest.mark.e2e
 
@@ -80,13 +76,8 @@ def _drive(port: int, path: str, prefix: str, count: int, headers: dict[str, str
         "timeout": 60,
         "nofile": 2 * count + 200,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.load._client", json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run(
+        [sys.executable, "-m", "tests.load._client", json.dumps(spec)], cwd=ROOT, timeout=180
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results: list[dict] = json.loads(done.stdout)

@@ -15,23 +15,16 @@ import socket
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.support.procfs import rss_kb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "soak"}]}
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _abort_midway(url: str) -> None:
@@ -86,7 +79,7 @@ def test_h67_soak(fresh_stack: Stack) -> None:
     started = time.monotonic()
     while time.monotonic() < stop:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-        samples.append((time.monotonic() - started, _rss_mb(pid), fds))
+        samples.append((time.monotonic() - started, rss_kb(pid) / 1024, fds))
         time.sleep(min(10.0, max(1.0, seconds / 100)))
     for t in threads:
         t.join()

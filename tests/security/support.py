@@ -5,7 +5,6 @@ and helpers to read what the upstream saw."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
@@ -77,11 +76,3 @@ def assert_clean_answer(stack: Stack, ex: Exchange) -> None:
     assert 500 not in ex.statuses, ex.text[:2000]
     assert "Traceback" not in ex.text
     assert not stack.leaks(ex.text), "a token or secret reached a client"
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """Resident memory of ``pid`` in KiB (VmRSS now, or VmHWM: the peak so far)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")

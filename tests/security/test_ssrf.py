@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, wait_until
+from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, run_proxy
 from tests.fakes.evil import EvilListeners, ScriptedUpstream, TcpCounter
 from tests.fakes.rawsock import exchange
 from tests.fakes.serve import ServerThread
@@ -32,6 +31,7 @@ from tests.security.support import (
     proxy_log_lines,
     unsafe_upstream_path,
 )
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -326,14 +326,7 @@ def _run_proxy(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
         "AZURE_AUTHORITY_HOST": "http://127.0.0.1:9",
         "FOUNDRY_PROXY_UPSTREAM": "https://myres.openai.azure.com",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "--port", "0", *args],
-        env=base | env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_proxy(["--port", "0", *args], base | env)
 
 
 @pytest.mark.parametrize(
