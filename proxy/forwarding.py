@@ -292,7 +292,7 @@ class Forwarder:
                 try:
                     token = await self._tokens.token(token_scope)
                 except CredentialError as err:
-                    await token_unavailable(send, err)
+                    await token_unavailable(send, err, self._tokens.retry_in(token_scope))
                     return
             if watch.gone:
                 return

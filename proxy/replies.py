@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from types import MappingProxyType
 
@@ -87,7 +88,11 @@ async def too_large(send: Send, limit: int) -> None:
     )
 
 
-async def token_unavailable(send: Send, err: CredentialError) -> None:
+async def token_unavailable(
+    send: Send, err: CredentialError, retry_in: float | None = None
+) -> None:
+    """503 for a request that got no token. ``retry_in``: seconds until the proxy's next token
+    call, when the last one failed and none is under way (TokenProvider.retry_in)."""
     message = f"foundry-proxy has no Entra ID token: {err.code}: {err.message}"
     if err.hint:
         message += f". Fix: {err.hint}"
@@ -95,6 +100,18 @@ async def token_unavailable(send: Send, err: CredentialError) -> None:
     if err.permanent:
         # Retrying cannot help until the configuration changes.
         headers.append((b"x-should-retry", b"false"))
+    elif retry_in is not None:
+        # The token service is failing and the proxy already retries it on its own schedule;
+        # until its next call every request gets this same answer. The openai SDKs (Python and
+        # Node) would retry twice, sleeping Retry-After each time (they honour up to 120 s),
+        # so the caller saw the error only after the sum of those sleeps; x-should-retry: false
+        # makes them raise now. Retry-After still tells when the next token call is due (plus
+        # a second for it to finish), for clients that schedule their own retries by it.
+        due = max(1, math.ceil(retry_in))
+        wait = min(MAX_CLIENT_RETRY_AFTER, due + 1)
+        message += f" (foundry-proxy asks for a token again in {due} s)"
+        headers.append((b"x-should-retry", b"false"))
+        headers.append((b"retry-after", str(wait).encode()))
     else:
         wait = (
             5 if err.retry_after is None else min(MAX_CLIENT_RETRY_AFTER, int(err.retry_after) + 1)

@@ -1,10 +1,11 @@
 """TokenProvider: holds a fresh token per scope and refreshes it in the background.
 
-The rules (DESIGN.md, token lifecycle):
+The rules:
 - one refresh task per scope is the only caller of the credential, so a cold burst of requests
   causes one token call (single flight);
 - requests read the cached token without awaiting anything; they wait only when no valid token
-  exists, for a bounded time;
+  exists, for a bounded time, and only for a call under way or about to start: when the last
+  call failed and the next is further off, they fail at once (see retry_in);
 - refresh at the earlier of the server's ``refresh_in`` and half the lifetime, a little early by
   jitter, so half the lifetime is left as outage tolerance;
 - a failed refresh keeps the old token while it is valid and retries with capped exponential
@@ -73,6 +74,11 @@ class RetryPolicy:
     # rotated the secret file) sees it work on the next request rather than minutes later.
     # The same rate as config_first, so Entra sees no more failed sign-ins than before.
     on_demand_interval: float = 30.0
+    # With no valid token and the last call failed, a request waits for the next call only
+    # when it is due this soon (a first retry after a blip). A later one means the token
+    # service is down: the request is answered at once instead of held for the whole token
+    # wait, once per client retry (the openai SDK surfaced such a 503 only after ~34 s).
+    imminent_retry: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,14 +205,16 @@ class TokenProvider:
         if token is not None:
             return token
         state = self._scope(scope)
-        deadline = self._clock.monotonic() + self._wait_timeout
+        now = self._clock.monotonic()
+        deadline = now + self._wait_timeout
+        # Past this, the next scheduled call is not worth holding the request for.
+        horizon = now + min(self._wait_timeout, self._policy.imminent_retry)
         while True:
-            # Do not hold the request when the next attempt is too far away to help.
             error = state.error
             if (
                 error is not None
                 and not state.fetching
-                and (error.permanent or state.next_attempt > deadline)
+                and (error.permanent or state.next_attempt > horizon)
                 and not self._retry_on_demand(state, error)
             ):
                 raise error
@@ -220,6 +228,15 @@ class TokenProvider:
             token = self.token_now(scope)
             if token is not None:
                 return token
+
+    def retry_in(self, scope: str) -> float | None:
+        """Seconds until the next token call, when the last one failed and none is under way
+        (a request now would get the same error); None when a call is under way or none
+        failed."""
+        state = self._scopes.get(scope)
+        if state is None or state.error is None or state.fetching:
+            return None
+        return max(0.0, state.next_attempt - self._clock.monotonic())
 
     def _retry_on_demand(self, state: _Scope, error: CredentialError) -> bool:
         """After a configuration error, let a request start one attempt now if the last one is

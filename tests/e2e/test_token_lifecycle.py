@@ -5,6 +5,7 @@ Tokens here live seconds, not an hour, so hours of refresh behaviour fit in a te
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import pytest
 
 from tests.e2e.stack import Stack, chat_load
 from tests.fakes.entra import Answer, entra_error
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +91,46 @@ def test_outage_past_expiry_then_recovery(fresh_stack: Stack) -> None:
     assert s.proxy is not None
     s.proxy.wait_ready(timeout=15)
     assert httpx2.post(s.url + "/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_unreachable_entra_reaches_the_openai_sdk_in_seconds(fresh_stack: Stack) -> None:
+    """Entra refusing connections and no token: the openai SDK with its default retries (2)
+    raises the 503 within seconds, not after the token wait times each of its tries; the
+    answer tells the SDK not to retry and when the proxy asks for a token again."""
+    import openai
+
+    s = fresh_stack
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        s.env["AZURE_AUTHORITY_HOST"] = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        proxy = s.start_proxy(ready=False)
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused")
+        timings = []
+        for _ in range(2):  # the first while the proxy has just started, then in the outage
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as info:
+                client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+            timings.append(time.monotonic() - started)
+            reply = info.value.response
+            assert reply.status_code == 503
+            assert reply.headers["x-should-retry"] == "false"
+            assert int(reply.headers["retry-after"]) in range(2, 13)
+            error = reply.json()["error"]
+            assert error["code"] == "token_unavailable"
+            assert "asks for a token again in" in error["message"]
+        print(f"time to the openai SDK's error: {timings[0]:.2f} s, then {timings[1]:.2f} s")
+        # FOUNDRY_PROXY_TOKEN_WAIT is 10 s: waiting it out even once would exceed this.
+        assert timings[0] < 8
+        assert timings[1] < 8
+
+        def logged() -> list[str]:
+            return [line for line in proxy.lines if '"path":"/v1/chat/completions"' in line]
+
+        # Access lines are written in batches: wait for both, then for any retry's.
+        assert wait_until(lambda: len(logged()) >= 2, 10), proxy.log
+        time.sleep(0.5)
+        assert len(logged()) == 2, "the SDK retried although told not to"
+        assert s.foundry.journal == []
 
 
 def test_bad_secret_is_reported_without_hot_loop(fresh_stack: Stack) -> None:

@@ -302,3 +302,114 @@ def test_concurrent_401s_all_wait_for_the_one_forced_refresh() -> None:
 
     assert run(credential, test) == ["token-2"] * 5
     assert len(credential.calls) == 2
+
+
+class PacedCredential(ScriptedCredential):
+    """A ScriptedCredential whose calls each take their own time (``delays``, in order)."""
+
+    def __init__(self, *answers: Answer, delays: list[float]) -> None:
+        super().__init__(*answers)
+        self.delays = delays
+
+    async def get_token(self, scope: str) -> AccessToken:
+        self.delay = self.delays.pop(0) if self.delays else 0.0
+        return await super().get_token(scope)
+
+
+# The token service down: retries 1.5-3 s apart, a request waits only for one due in 0.5 s.
+DOWN = RetryPolicy(
+    transient_first=3.0, transient_max_without_token=3.0, imminent_retry=0.5, min_delay=0.05
+)
+
+
+def test_known_outage_fails_requests_at_once() -> None:
+    """The first request waits for the call under way; once it failed and the next call is
+    seconds off, requests get the error at once with the time to that call, and no request
+    makes a call of its own."""
+    down = [CredentialUnavailable("unreachable", code="token_unreachable") for _ in range(5)]
+    credential = PacedCredential(*down, delays=[0.3])
+
+    async def test(p: TokenProvider) -> list[tuple[str, float, float | None]]:
+        seen = []
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(CredentialError) as info:
+                await p.token(SCOPE)
+            seen.append((info.value.code, time.monotonic() - started, p.retry_in(SCOPE)))
+        return seen
+
+    async def main() -> list[tuple[str, float, float | None]]:
+        provider = TokenProvider(credential, primary_scope=SCOPE, policy=DOWN, wait_timeout=10)
+        provider.start()
+        try:
+            return await test(provider)
+        finally:
+            await provider.aclose()
+
+    seen = asyncio.run(main())
+    first, *later = seen
+    assert first[0] == "token_unreachable"
+    assert 0.2 <= first[1] < 1.5, "the first request did not wait for the call under way"
+    for code, elapsed, retry_in in later:
+        assert code == "token_unreachable"
+        assert elapsed < 0.2, "a request was held although no token could come in time"
+        assert retry_in is not None
+        assert 0.5 < retry_in <= 3.0
+    assert len(credential.calls) == 1
+
+
+def test_a_request_during_a_retry_under_way_waits_for_it() -> None:
+    """After a failure the next call is due in 1.5-3 s; a request arriving while that call is
+    under way (slow, 0.5 s) still waits for it and gets its token."""
+    credential = PacedCredential(
+        CredentialUnavailable("unreachable", code="token_unreachable"),
+        AccessToken("recovered", 100.0),
+        delays=[0.0, 0.5],
+    )
+
+    async def test(p: TokenProvider) -> tuple[float | None, str, float]:
+        while not credential.calls:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        retry_in = p.retry_in(SCOPE)
+        while len(credential.calls) < 2:
+            await asyncio.sleep(0.01)
+        assert p.retry_in(SCOPE) is None  # a call is under way
+        started = time.monotonic()
+        token = await p.token(SCOPE)
+        return retry_in, token, time.monotonic() - started
+
+    async def main() -> tuple[float | None, str, float]:
+        provider = TokenProvider(credential, primary_scope=SCOPE, policy=DOWN, wait_timeout=10)
+        provider.start()
+        try:
+            return await test(provider)
+        finally:
+            await provider.aclose()
+
+    retry_in, token, waited = asyncio.run(main())
+    assert retry_in is not None
+    assert retry_in > 1.0
+    assert token == "recovered"
+    assert 0.2 <= waited < 2.0
+
+
+def test_an_imminent_retry_is_waited_for() -> None:
+    """A retry due within imminent_retry (here 1.5-3 s away, within 5 s) is worth waiting for:
+    a blip at startup costs the first request a moment, not an error."""
+    policy = RetryPolicy(
+        transient_first=3.0, transient_max_without_token=3.0, imminent_retry=5.0, min_delay=0.05
+    )
+    credential = ScriptedCredential(CredentialUnavailable("blip"), AccessToken("late", 100.0))
+
+    async def main() -> str:
+        provider = TokenProvider(credential, primary_scope=SCOPE, policy=policy, wait_timeout=10)
+        provider.start()
+        try:
+            return await provider.token(SCOPE)
+        finally:
+            await provider.aclose()
+
+    assert asyncio.run(main()) == "late"
+    assert len(credential.calls) == 2
+    assert credential.calls[1] - credential.calls[0] >= 1.4
