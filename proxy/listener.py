@@ -15,8 +15,7 @@ bounds"); ``ListenerLimits`` carries them, from the settings:
 - at most ``max_connections`` connections; more are answered 503 and closed;
 - pipelined requests are parsed only ``max_pipelined`` ahead of the one being answered: past
   that, reading stops (uvicorn parsed every request of each read into memory), and a client
-  that pipelines more than ``max_header_bytes`` beyond it is served what was parsed, then
-  closed;
+  that pipelines more than 16 KiB beyond it is served what was parsed, then closed;
 - trailer fields of a chunked body are dropped (RFC 9112 section 7.1.2 forbids merging them
   into the header section; uvicorn appended them to the request's headers) and bounded like
   a head;
@@ -35,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,10 +52,18 @@ log = logging.getLogger("foundry_proxy")
 # How long input is read and discarded after the answer on a connection being closed while
 # the client may still be sending (a body over the limit, a malformed request).
 LINGER_SECONDS = 2.0
-# Input is parsed this many bytes at a time when it may hold pipelined requests, so that
-# parsing can stop at the pipeline depth (llhttp cannot be paused from a callback).
+# llhttp cannot be paused from a callback, so input that may hold several requests is parsed
+# in slices of one message each (a head; a body of known length; a chunked body up to its last
+# chunk) and parsing stops at the pipeline depth. A read up to _SLICE bytes with nothing queued
+# is parsed at once (the usual case).
 _SLICE = 1024
-_PIPELINED_SLICE = 128
+# What a slice may still bring past the depth (a small read; a chunked body ending with
+# trailers, whose end is not looked for) before parsing stops for good: the rest is refused
+# (honest requests are larger than 64 bytes).
+_PIPELINE_SLACK = 16
+# Pipelined input held, unparsed, while the depth is reached; more ends the connection.
+_HOLD_LIMIT = 16 * 1024
+_HEAD_START = re.compile(rb"[^\r\n]")
 
 
 class Notices:
@@ -169,7 +177,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # a head is awaited or being parsed
         self._message_done = True  # no message in progress (none yet, or the last one ended)
-        self._completed = 0  # messages parsed to their end
+        self._overflow = False  # pipelined past depth and slack: parsing stopped
+        self._body_left = 0  # Content-Length bytes of the current body not parsed yet
         self._head_bytes = 0  # bytes received since the head began (reads, coarse)
         self._head_size = 0  # bytes of the head parsed so far (exact)
         self._oversized = False
@@ -268,8 +277,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._start_body_window()
 
     def _feed(self, data: bytes) -> None:
-        """Parse ``data``, in slices when it may hold pipelined requests, holding back what
-        lies past the pipeline depth."""
+        """Parse ``data``; when it may hold several requests, one message at a time, holding
+        back what lies past the pipeline depth."""
         end = len(data)
         if end <= _SLICE and not self.pipeline:
             self._parse(data)  # one small read: the usual case
@@ -277,27 +286,59 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         view = memoryview(data)
         depth = self.limits.max_pipelined
         pos = 0
-        step = _PIPELINED_SLICE if self.pipeline else _SLICE
         while pos < end:
             if self._message_done and len(self.pipeline) >= depth:
                 self._hold(view[pos:])
                 return
-            completed = self._completed
-            self._parse(view[pos : pos + step])
-            pos += step
+            stop = self._slice_end(data, pos)
+            self._parse(view[pos:stop])
+            pos = stop
             if self._discarding or self.transport.is_closing() or self.parser.should_upgrade():
                 # Closing, or the connection was upgraded (the rest is never read as HTTP).
                 return
-            if self._completed != completed:
-                step = _PIPELINED_SLICE if self.pipeline else _SLICE
-            else:
-                step *= 4  # inside a body: larger slices
+
+    def _slice_end(self, data: bytes, pos: int) -> int:
+        """Where the next slice of ``data`` from ``pos`` ends: after the next head, after the
+        current body, or a bounded guess."""
+        if self._message_done:
+            found = _HEAD_START.search(data, pos)  # blank lines first start no message
+            if found is None:
+                return len(data)
+            pos = found.start()
+        elif not self._in_head:
+            if self._body_left > 0:
+                return pos + self._body_left
+            # Chunked: up to the last chunk when it is in sight (an early cut inside chunk
+            # data that looks like one costs only another slice), else all of it.
+            if data.startswith(b"0\r\n\r\n", pos):
+                return pos + 5
+            last = data.find(b"\r\n0\r\n\r\n", pos)
+            return last + 7 if last >= 0 else len(data)
+        head_end = data.find(b"\r\n\r\n", pos, pos + _SLICE)
+        return head_end + 4 if head_end >= 0 else pos + _SLICE
 
     def _parse(self, data: bytes | memoryview) -> None:
+        """uvicorn's data_received with the head and trailer bounds, and the pipeline's hard
+        stop (which is no malformed request)."""
         if self._in_head:
             self._head_bytes += len(data)
         in_trailers = self._chunk_empty
-        super().data_received(data)  # type: ignore[arg-type]  # the parser takes memoryviews
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._overflow:
+                self._refuse_rest()
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
         # Checked after parsing: a head followed by its body in one read is fine; a head still
         # incomplete after this many bytes is not.
         if self._in_head and self._head_bytes > self.max_header_bytes:
@@ -321,7 +362,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _hold(self, rest: bytes | memoryview) -> None:
         held = self._held + rest
-        if len(held) > self.max_header_bytes:
+        if len(held) > _HOLD_LIMIT:
             self._refuse_rest()
             return
         self._held = held
@@ -334,7 +375,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             "a client pipelined more than %d requests and %d bytes beyond them: it gets the "
             "answers to those, then its connection is closed (FOUNDRY_PROXY_MAX_PIPELINED)",
             self.limits.max_pipelined,
-            self.max_header_bytes,
+            _HOLD_LIMIT,
         )
         self._held = b""
         self._discarding = True
@@ -356,6 +397,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= self.limits.max_pipelined + _PIPELINE_SLACK:
+            self._overflow = True
+            raise ValueError("pipelined past the depth")  # stops the parser for good
         super().on_message_begin()
         self._in_head = True
         self._message_done = False
@@ -417,6 +461,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             raise ValueError("protocol upgrade with a request body")
         previous = self.cycle
         super().on_headers_complete()
+        self._body_left = 0
+        for name, value in self.headers:
+            if name == b"content-length":
+                self._body_left = int(value) if value.isdigit() else 0
+                break
         cycle = self.cycle
         if cycle is not previous and cycle is not None:
             cycle.transport = self._cycle_transport  # type: ignore[assignment]
@@ -426,6 +475,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
+        self._body_left -= len(body)
         self._body_bytes += len(body)
         self._chunk_empty = False
         self._trailer_bytes = 0
@@ -442,7 +492,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._message_done = True
-        self._completed += 1
         self._chunk_empty = False
         self._stop_body_window()
         super().on_message_complete()

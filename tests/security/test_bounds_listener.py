@@ -74,20 +74,47 @@ def test_pipelined_flood_keeps_memory_bounded(quiet: Stack, evil: EvilListeners)
 
 
 def test_pipelined_requests_are_all_answered_in_order(quiet: Stack) -> None:
-    """Backpressure, not refusal: a client pipelining far past the depth bound still gets
-    every answer, in order (RFC 9112 section 9.3.2)."""
+    """Backpressure, not refusal: a client pipelining far past the depth (bodies of known and
+    unknown length among the requests) still gets every answer, in order (RFC 9112 section
+    9.3.2)."""
     assert quiet.proxy is not None
-    count = 300
-    data = b"".join(
-        f"GET /not-a-route-{i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for i in range(count)
+    chat = json.dumps(
+        {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    with_length = post + f"Content-Length: {len(chat)}\r\n\r\n".encode() + chat
+    chunked = post + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(chat):x}\r\n".encode()
+    chunked += chat + b"\r\n0\r\n\r\n"
+    miss = [
+        f"GET /not-a-route-{i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for i in range(100)
+    ]
+    last = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    data = b"".join([*miss, with_length, *miss[:50], chunked, *miss[:50], last])
+    ex = exchange(quiet.proxy.port, data, expect=203, timeout=30)
+    assert ex.statuses == [404] * 100 + [200] + [404] * 50 + [200] + [404] * 50 + [200]
+
+
+def test_pipelining_past_the_bound_is_answered_then_closed(
+    quiet: Stack, evil: EvilListeners
+) -> None:
+    """Past the depth and 16 KiB of held input, what was parsed is answered, in order, then
+    the connection closes (with a FIN after the last answer, never a reset), and the proxy
+    says which setting bit. Also with the flood behind a chunked body whose end (trailers) is
+    not looked for."""
+    assert quiet.proxy is not None
+    tiny = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n"
     )
-    ex = exchange(
-        quiet.proxy.port,
-        data + b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        expect=count + 1,
-        timeout=30,
-    )
-    assert ex.statuses == [404] * count + [200]
+    for lead in (b"", chunked):
+        ex = exchange(quiet.proxy.port, lead + tiny * 3000, expect=3000, timeout=20)
+        assert ex.closed
+        answers = ex.statuses[1:] if lead else ex.statuses
+        assert 16 < len(answers) < 3000, len(answers)
+        assert set(answers) == {404}, ex.statuses[:5]
+    assert "FOUNDRY_PROXY_MAX_PIPELINED" in quiet.proxy.log
+    assert_healthy(quiet, evil)
 
 
 # -- CRLF trickle and the connection cap ----------------------------------------------------------
