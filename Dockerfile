@@ -1,12 +1,13 @@
-# foundry-proxy container image: one process, non-root, read-only-root friendly, no pip, no
-# compiler and no build tool at runtime. Why this base and this content: docs/container.md.
+# foundry-proxy container image: one process, non-root, read-only-root friendly. The runtime
+# stage has no shell, no package manager, no pip and no build tool: only Debian's python3, the
+# libraries it and the wheels load, the CA bundle, and the venv. Why: docs/container.md.
 #
 #   docker build -t foundry-proxy .          (Docker 23+, or podman/buildah: plain Dockerfile)
 #   podman build --format docker -t foundry-proxy .   (docker format keeps the HEALTHCHECK)
 #
-# Base: Debian's slim image and Debian's own python3 (trixie: Python 3.13), in both stages, so
-# the interpreter, OpenSSL and libc get Debian's security fixes on every rebuild. Pin the base
-# by digest where images are pulled: --build-arg BASE=docker.io/library/debian:trixie-slim@sha256:...
+# Base: Debian's slim image and Debian's own python3 (trixie: Python 3.13), so the interpreter,
+# OpenSSL and libc are Debian's packages and get Debian's security fixes on every rebuild. Pin
+# it by digest where images are pulled: --build-arg BASE=docker.io/library/debian:trixie-slim@sha256:...
 # Python dependencies come only from requirements/image.txt: exact versions, every file's
 # SHA-256 checked (pip --require-hashes). Refresh it with scripts/lock-image.
 ARG BASE=docker.io/library/debian:trixie-slim
@@ -17,7 +18,7 @@ FROM ${BASE} AS build
 # the build at the next point release (the old .deb leaves the mirror).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 # A package index or TLS-inspecting proxy of your own, for this stage only (nothing of them
 # reaches the final image): --build-arg PIP_INDEX_URL=... --build-arg PIP_CERT=/path/in/build.
@@ -28,6 +29,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY requirements/image.txt requirements/image-build.txt ./requirements/
+COPY scripts/image_rootfs.py ./scripts/
 # /tools holds pip and setuptools (locked too); the app venv is made without pip and filled by
 # /tools' pip (--python), so neither ever enters it. Only wheels: nothing is compiled here.
 RUN python3 -m venv /tools \
@@ -43,8 +45,18 @@ RUN /tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && /tools/bin/pip --python /opt/foundry-proxy/bin/python check \
  && /opt/foundry-proxy/bin/python -m compileall -q /opt/foundry-proxy
 
+# The runtime's root filesystem: Debian's python3 (and its standard library, with bytecode),
+# OpenSSL and the CA bundle, netbase, base-files (os-release), and every package owning a
+# library that they or the venv's wheels load. Whole packages, recorded in
+# /var/lib/dpkg/status.d for image scanners; no shell, coreutils, apt or dpkg (the script
+# fails if one would come along).
+RUN python3 scripts/image_rootfs.py /rootfs \
+      --package python3-minimal --package python3.13-minimal --package libpython3.13-minimal \
+      --package libpython3.13-stdlib --package openssl --package ca-certificates \
+      --package netbase --package base-files --scan /opt/foundry-proxy
+
 # ---- runtime ---------------------------------------------------------------------------------
-FROM ${BASE} AS runtime
+FROM scratch AS runtime
 ARG BASE
 ARG VERSION=0.0.0+unknown
 ARG REVISION=unknown
@@ -60,17 +72,11 @@ LABEL org.opencontainers.image.title="foundry-proxy" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.base.name="${BASE}"
-# Debian's interpreter (the venv's python links to it; Debian compiles its bytecode on
-# install) and the CA bundle the proxy's TLS to Entra and Foundry verifies against. No pip:
-# Debian ships ensurepip's wheels in python3-venv/python3-pip, which are not installed here.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 ca-certificates \
- && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/apt /var/log/dpkg.log
+COPY --from=build /rootfs /
 COPY --from=build /opt/foundry-proxy /opt/foundry-proxy
 # No .pyc written at runtime (the root filesystem may be read-only; bytecode is compiled in the
 # build), logs unbuffered, and HOME points at nothing: the proxy writes no file of its own.
-ENV PATH=/opt/foundry-proxy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+ENV PATH=/opt/foundry-proxy/bin:/usr/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/nonexistent

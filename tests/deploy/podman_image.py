@@ -461,7 +461,7 @@ def measure(runs: int = 5) -> dict[str, object]:
         "log": log,
         "size_mb": round(size / 1e6, 1),
         "base_mb": round(base_size / 1e6, 1),
-        "layers": [(round(int(h["size"]) / 1e6, 1), h["created_by"][:80]) for h in layers],
+        "layers": [(round(int(h["size"]) / 1e6, 1), h["CreatedBy"][:80]) for h in layers],
         "podman_run_to_healthz_s": sorted(round(s, 3) for s in from_run),
         "process_start_to_healthz_s": sorted(round(s, 3) for s in from_process),
         "idle_rss_mb": sorted(round(r, 1) for r in rss),
