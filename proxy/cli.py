@@ -21,7 +21,6 @@ log = logging.getLogger("foundry_proxy")
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
-COMMANDS = ("demo", "check")
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:

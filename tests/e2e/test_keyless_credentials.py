@@ -20,7 +20,7 @@ from tests.fakes.cli import CliName, install_fake_cli, read_calls, write_control
 from tests.fakes.egress import ForwardProxy
 from tests.fakes.identity import SYSTEM_CLIENT_ID, FakeAppServiceIdentity, FakeImds
 from tests.fakes.serve import ServerThread
-from tests.support.readiness import wait_until
+from tests.support.readiness import wait_for_status, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,7 @@ def test_imds_retries_while_it_is_being_updated(fresh_stack: Stack) -> None:
     with _serving(imds.app) as server:
         s.env["FOUNDRY_PROXY_IMDS_ENDPOINT"] = server.url
         s.start_proxy(ready=False)
-        assert wait_until(lambda: httpx2.get(s.url + "/readyz").status_code == 200, 15)
+        assert wait_for_status(s.url + "/readyz", 200, 30)
         assert _ask(s.url)
     assert [c.status for c in imds.calls][:3] == [400, 410, 200]
 
