@@ -1,7 +1,7 @@
 """The forwarding endpoint: a raw ASGI callable streaming requests to the upstream over aiohttp.
 
 This is the hot path. It reads ``receive`` and writes ``send`` itself (no Starlette Request or
-StreamingResponse: measured ~165 us per request here, DESIGN.md) and keeps one long-lived
+StreamingResponse: they measured ~165 us per request here) and keeps one long-lived
 aiohttp session to the upstream. Bodies stream both ways and are never decoded or re-framed, so
 SSE events reach the client as the upstream writes them.
 """
@@ -31,7 +31,14 @@ from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
 from proxy.metrics import Exchange, Metrics
 from proxy.policy import Policy
-from proxy.replies import send_error, token_unavailable, too_large, upstream_failed
+from proxy.replies import (
+    anthropic_call,
+    anthropic_not_served,
+    send_error,
+    token_unavailable,
+    too_large,
+    upstream_failed,
+)
 from proxy.rewrite import (
     BadTarget,
     Inbound,
@@ -167,8 +174,10 @@ class Forwarder:
         try:
             target = map_target(scope["raw_path"], scope["query_string"])
         except BadTarget as exc:
-            code = "not_found" if exc.status == 404 else "invalid_request"
-            await send_error(send, exc.status, code, exc.message)
+            if exc.status == 404:
+                await self._not_found(send, scope["method"], x.path, exc.message)
+            else:
+                await send_error(send, exc.status, "invalid_request", exc.message)
             return
         try:
             if scope["http_version"] not in ("1.1", "1.0"):
@@ -176,7 +185,7 @@ class Forwarder:
             inbound = request_headers(scope["headers"])
         except BadTarget as exc:
             # Framing the proxy cannot trust: answer and close, so nothing that followed on
-            # this connection is read as another request (test-plan A1).
+            # this connection is read as another request.
             await send_error(send, exc.status, "invalid_request", exc.message, _CLOSE)
             return
         refusal = self.refusal(inbound, scope)
@@ -194,7 +203,10 @@ class Forwarder:
         x.client_request_id = inbound.client_request_id
         verdict = self._config.policy.decide(scope["method"], target.path)
         if verdict != 200:
-            await self._refuse_operation(send, verdict, scope["method"], target.path)
+            if verdict == 404:
+                await self._not_found(send, scope["method"], x.path)
+            else:
+                await self._refuse_operation(send, verdict, scope["method"], target.path)
             return
         await self._forward(scope, receive, send, target, inbound, x)
 
@@ -237,6 +249,24 @@ class Forwarder:
             for key in self._config.keys:
                 found |= hmac.compare_digest(candidate, key)
         return found
+
+    async def _not_found(self, send: Send, method: str, path: str, no_route: str = "") -> None:
+        """404 for what no Azure operation is (``path`` as the client sent it): most likely a
+        typo, so the answer names the closest known operation rather than a setting."""
+        if anthropic_call(path):
+            await anthropic_not_served(send, method, path)
+            return
+        known, close = self._config.policy.closest(method, path)
+        hint = f"did you mean {known}?" if close else f"the nearest known operation is {known}"
+        if no_route:
+            message = f"{no_route}; {hint}"
+        else:
+            message = (
+                f"{method} {path} is not an operation foundry-proxy knows; {hint} (an Azure "
+                "operation newer than foundry-proxy can still be allowed with "
+                "FOUNDRY_PROXY_ALLOW)"
+            )
+        await send_error(send, 404, "not_found", message)
 
     async def _refuse_operation(self, send: Send, verdict: int, method: str, path: str) -> None:
         if verdict == 405:
@@ -421,7 +451,7 @@ async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes
 
     Entra-token rejections carry ``{"statusCode": 401, "message": ...}`` or a
     ``WWW-Authenticate`` challenge (CAE); a missing role carries ``{"error": {"code":
-    "PermissionDenied"}}`` and no new token fixes that (azure-protocols.md section 7).
+    "PermissionDenied"}}`` and no new token fixes that.
     Returns the verdict and the body if it had to be read.
     """
     challenge = "WWW-Authenticate" in response.headers

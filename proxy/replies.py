@@ -36,7 +36,16 @@ async def send_error(
     message: str,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    body = error_body(status, code, message)
+    await _send_json(send, status, code, error_body(status, code, message), extra_headers)
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    code: str,
+    body: bytes,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -45,6 +54,47 @@ async def send_error(
     headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# -- Claude (the Anthropic Messages API) -----------------------------------------------------
+# Foundry serves Claude at {resource}/anthropic/v1/messages, beside (not under) the OpenAI-style
+# routes, and foundry-proxy has no /anthropic/ route yet. The Anthropic SDKs and Claude Code
+# call {base URL}/v1/messages, so with the proxy as their base URL they land on paths that look
+# like typos of OpenAI operations; they get this answer instead of a hint at an /openai/ path
+# Azure does not have. When the /anthropic/ route family exists, this is the place to change.
+
+_ANTHROPIC_ENDINGS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/complete")
+_ANTHROPIC_BARE = ("/messages", "/messages/count_tokens", "/complete")  # a base URL ending /v1
+ANTHROPIC_NOT_SERVED = (
+    "{call} is an Anthropic API call (Claude). Azure AI Foundry serves Claude models at "
+    "https://<resource>.services.ai.azure.com/anthropic/v1/messages, not under /openai/, and "
+    "foundry-proxy does not proxy the Anthropic API yet: it forwards only the OpenAI-style "
+    "routes /v1/, /openai/, /models/ and /api/projects/"
+)
+
+
+def anthropic_call(path: str) -> bool:
+    """Whether a local path the proxy does not serve is an Anthropic API call."""
+    return (
+        path == "/anthropic"
+        or path.startswith("/anthropic/")
+        or path.endswith(_ANTHROPIC_ENDINGS)
+        or path in _ANTHROPIC_BARE
+        or "/v1/messages/batches" in path
+        or path.startswith("/messages/batches")
+    )
+
+
+async def anthropic_not_served(send: Send, method: str, path: str) -> None:
+    """404 in Anthropic's error shape (what its SDKs and Claude Code parse), which also carries
+    the OpenAI shape's fields."""
+    code = "anthropic_not_supported"
+    message = ANTHROPIC_NOT_SERVED.format(call=f"{method} {path}")
+    payload = {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": message, "code": code, "param": None},
+    }
+    await _send_json(send, 404, code, json.dumps(payload).encode())
 
 
 log = logging.getLogger("foundry_proxy.forward")

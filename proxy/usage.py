@@ -2,7 +2,7 @@
 
 The client gets every byte as the upstream sent it; this module only reads what the forwarder
 kept aside: the whole body of a small JSON answer, or the tail of a server-sent-event stream
-(the usage chunk comes last, just before ``data: [DONE]``: azure-protocols.md section 6).
+(the usage chunk comes last, just before ``data: [DONE]``).
 Standard library only, no I/O.
 """
 

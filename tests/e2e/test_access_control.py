@@ -102,7 +102,8 @@ def policy_stack() -> Stack:
         ("POST", "/v1/fine_tuning/jobs", 403),
         ("POST", "/v1/assistants", 403),
         ("GET", "/v1/vector_stores", 403),
-        ("POST", "/v1/Chat/Completions", 403),  # the string decided on is the one sent
+        ("POST", "/v1/Chat/Completions", 404),  # the string decided on is the one sent
+        ("POST", "/v1/chat/completion", 404),  # no such operation: a typo, not a policy matter
         ("POST", "/v1/chat/completions/extra", 403),
         ("DELETE", "/openai/v1/responses/resp_1", 405),
     ],
@@ -125,6 +126,9 @@ def test_c29_method_and_path_policy(
     if status == 405:
         assert error["code"] == "method_not_allowed"
         assert method not in reply.headers["allow"].split(", ")
+    elif status == 404:
+        assert error["code"] == "not_found"
+        assert "did you mean POST /v1/chat/completions?" in error["message"]
     else:
         assert error["code"] == "operation_not_allowed"
         assert "FOUNDRY_PROXY_ALLOW" in error["message"]

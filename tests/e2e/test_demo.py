@@ -140,7 +140,7 @@ def test_demo_serves_every_emulated_route(demo: Demo) -> None:
     assert r.status_code == 200
     assert r.headers["x-foundry-proxy-emulator"] == "true"
     # Not an operation the default policy forwards: the proxy answers, the emulator never sees it.
-    missing = httpx2.get(demo.url + "/openai/v1/nothing-here")
+    missing = httpx2.get(demo.url + "/openai/v1/vector_stores")
     assert missing.status_code == 403
     assert missing.json()["error"]["code"] == "operation_not_allowed"
     assert "x-foundry-proxy-emulator" not in missing.headers
