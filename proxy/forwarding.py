@@ -47,7 +47,7 @@ from proxy.rewrite import (
     request_headers,
     response_headers,
 )
-from proxy.usage import JSON_LIMIT, STREAM_TAIL, from_json, from_stream_tail
+from proxy.usage import JSON_LIMIT, STREAM_TAIL, from_json, from_stream_tail, model_of_request
 
 log = logging.getLogger("foundry_proxy.forward")
 
@@ -159,9 +159,9 @@ class Forwarder:
         # A plain counter: the in-flight gauge reads it at scrape time (app.py), instead of
         # taking a metric's lock twice per request.
         self.in_flight += 1
-        tap = _Tap(x, send, cfg.metrics)
+        tap = _Tap(x, send, cfg.metrics, cfg.metrics is not None or cfg.access.enabled)
         try:
-            await self._handle(scope, receive, tap.send, x)
+            await self._handle(scope, receive, tap, x)
         finally:
             self.in_flight -= 1
             x.ended = time.perf_counter()
@@ -170,7 +170,8 @@ class Forwarder:
                 cfg.metrics.observe(x)
             cfg.access.record(x)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, x: Exchange) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, tap: _Tap, x: Exchange) -> None:
+        send = tap.send
         try:
             target = map_target(scope["raw_path"], scope["query_string"])
         except BadTarget as exc:
@@ -208,7 +209,7 @@ class Forwarder:
             else:
                 await self._refuse_operation(send, verdict, scope["method"], target.path)
             return
-        await self._forward(scope, receive, send, target, inbound, x)
+        await self._forward(scope, receive, tap, target, inbound, x)
 
     async def _take_slot(self, send: Send) -> bool:
         """One of max_concurrency slots, waiting up to queue_timeout; else answer 503."""
@@ -293,11 +294,12 @@ class Forwarder:
         self,
         scope: Scope,
         receive: Receive,
-        send: Send,
+        tap: _Tap,
         target: Target,
         inbound: Inbound,
         x: Exchange,
     ) -> None:
+        send = tap.send
         headers, length = inbound.headers, inbound.length
         token_scope = self._config.projects_scope if target.projects else self._config.scope
         if length is not None and length > self._config.max_body_bytes:
@@ -312,6 +314,8 @@ class Forwarder:
             await body.read_start(receive, self._config.replay_body_limit)
             if body.data is not None:
                 watch.start()
+                if not x.deployment:
+                    tap.request_body = body.data  # the bytes kept for replay, not a copy
             # The slot is taken once the body (or, for a large one, its replayable start) is
             # in: a client trickling its body holds no slot meanwhile (docs/security.md).
             slot = await self._take_slot(send)
@@ -542,16 +546,31 @@ def route_of(path: str) -> tuple[str, str]:
 class _Tap:
     """Sits on ``send``: notes status, timing, sizes and ids for an Exchange, and keeps a copy
     of what usage can be read from (a small JSON body, or a stream's tail) without delaying or
-    changing a byte. Parsing happens in finish(), after the answer has gone out."""
+    changing a byte. Parsing happens in finish(), after the answer has gone out.
 
-    __slots__ = ("_json", "_kept", "_metrics", "_send", "_stream", "x")
+    When the answer does not name the model (a stream without usage, an error, audio), the
+    model is the one the request body names, if the body was small enough to be kept whole
+    for replay (see usage.model_of_request)."""
 
-    def __init__(self, x: Exchange, send: Send, metrics: Metrics | None) -> None:
+    __slots__ = (
+        "_json",
+        "_kept",
+        "_metrics",
+        "_send",
+        "_stream",
+        "_wants_model",
+        "request_body",
+        "x",
+    )
+
+    def __init__(self, x: Exchange, send: Send, metrics: Metrics | None, wants_model: bool) -> None:
         self.x = x
         self._send = send
         self._metrics = metrics
+        self._wants_model = wants_model  # metrics or the access log will read x.model
         self._kept = bytearray()
         self._json = self._stream = False
+        self.request_body: bytes | None = None
 
     async def send(self, message: Message) -> None:
         x = self.x
@@ -600,3 +619,9 @@ class _Tap:
         elif self._json and self._kept:
             self.x.usage = from_json(bytes(self._kept))
         self._kept = bytearray()
+        if self.request_body is not None:
+            if self._wants_model and not self.x.model:
+                # On the /v1 routes the body's model is the deployment, as the path's is on
+                # /openai/deployments/{deployment}/...
+                self.x.deployment = model_of_request(self.request_body)
+            self.request_body = None
