@@ -109,3 +109,28 @@ def test_no_model_from_a_large_body_or_a_name_that_is_no_name(fresh_stack: Stack
     assert "model=" not in lines["6c1d0c1e-0000-4000-8000-00000000000c"]
     assert " model=plain-name " in lines["6c1d0c1e-0000-4000-8000-00000000000d"]
     assert "/forged" not in proxy.log
+
+
+def test_a_client_that_leaves_before_the_headers_is_logged_with_status_0(
+    fresh_stack: Stack,
+) -> None:
+    """Status 0 (and status="none" in the metrics) means no answer was started: the client
+    went away while the proxy waited for the upstream's headers (or for a token, or a slot)."""
+    s = fresh_stack
+    s.start_proxy()
+    request_id = "6c1d0c1e-0000-4000-8000-000000000010"
+    with pytest.raises(httpx2.ReadTimeout):
+        httpx2.post(
+            s.url + "/openai/v1/slow-to-answer",
+            json={"model": "gpt-test", "messages": MESSAGES},
+            headers={"x-ms-client-request-id": request_id, "x-fake-first-delay": "5"},
+            timeout=httpx2.Timeout(10, read=0.5),
+        )
+    line = _line_for(s, request_id)
+    assert line["status"] == 0
+    assert line["ttfb_ms"] is None
+    assert line["bytes_out"] == 0
+    assert line["model"] == "gpt-test"
+    assert float(str(line["duration_ms"])) < 4000, "the upstream request was not abandoned"
+    metrics = httpx2.get(s.url + "/metrics").text
+    assert 'foundry_proxy_requests_total{method="POST",route="v1",status="none"' in metrics
