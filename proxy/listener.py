@@ -57,10 +57,10 @@ LINGER_SECONDS = 2.0
 # chunk) and parsing stops at the pipeline depth. A read up to _SLICE bytes with nothing queued
 # is parsed at once (the usual case).
 _SLICE = 1024
-# What a slice may still bring past the depth (a small read; a chunked body ending with
-# trailers, whose end is not looked for) before parsing stops for good: the rest is refused
-# (honest requests are larger than 64 bytes).
-_PIPELINE_SLACK = 16
+# What a slice may still bring past the depth (a small read; a chunked body whose last chunk
+# has an extension) before parsing stops for good: the rest is refused.
+# A read of _SLICE bytes holds at most 16 requests of 64 bytes or more, as real ones are.
+_PIPELINE_SLACK = 8
 # Pipelined input held, unparsed, while the depth is reached; more ends the connection.
 _HOLD_LIMIT = 16 * 1024
 _HEAD_START = re.compile(rb"[^\r\n]")
@@ -95,7 +95,7 @@ class ListenerLimits:
     head_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
     max_connections: int = 2048
-    max_pipelined: int = 16
+    max_pipelined: int = 8
     body_timeout: float = 20.0
     body_min_rate: int = 500
     send_timeout: float = 30.0
@@ -308,12 +308,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif not self._in_head:
             if self._body_left > 0:
                 return pos + self._body_left
-            # Chunked: up to the last chunk when it is in sight (an early cut inside chunk
-            # data that looks like one costs only another slice), else all of it.
-            if data.startswith(b"0\r\n\r\n", pos):
-                return pos + 5
-            last = data.find(b"\r\n0\r\n\r\n", pos)
-            return last + 7 if last >= 0 else len(data)
+            # Chunked: up to the end of the last chunk and its trailers when in sight (an early
+            # cut inside chunk data that looks like them costs only another slice).
+            if data.startswith(b"0\r\n", pos):
+                after = pos + 1
+            else:
+                last = data.find(b"\r\n0\r\n", pos)
+                if last < 0:
+                    return len(data)
+                after = last + 3
+            end = data.find(b"\r\n\r\n", after)
+            return end + 4 if end >= 0 else len(data)
         head_end = data.find(b"\r\n\r\n", pos, pos + _SLICE)
         return head_end + 4 if head_end >= 0 else pos + _SLICE
 

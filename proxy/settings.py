@@ -252,7 +252,7 @@ class Settings(BaseSettings):
         int, _env("FOUNDRY_PROXY_MAX_CONNECTIONS"), Field(ge=1, le=1_000_000)
     ] = 2048
     # Pipelined requests parsed ahead of the one being answered; past that, reading waits.
-    max_pipelined: Annotated[int, _env("FOUNDRY_PROXY_MAX_PIPELINED"), Field(ge=1, le=1024)] = 16
+    max_pipelined: Annotated[int, _env("FOUNDRY_PROXY_MAX_PIPELINED"), Field(ge=1, le=1024)] = 8
     # A request body must bring at least body_min_rate bytes/s over each body_timeout window.
     body_timeout: Annotated[float, _env("FOUNDRY_PROXY_BODY_TIMEOUT"), Field(gt=0, le=3600)] = 20.0
     body_min_rate: Annotated[int, _env("FOUNDRY_PROXY_BODY_MIN_RATE"), Field(ge=0)] = 500

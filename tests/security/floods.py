@@ -21,6 +21,17 @@ from tests.load._support import fd_count, rss_kb
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
+def eventually(predicate: Callable[[], object], timeout: float = 5) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass (a log line the proxy
+    wrote may take a moment to reach the test's reader)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @dataclass
 class Figures:
     """The proxy process's RSS (KiB) and open fds: before an attack, at its worst, after."""

@@ -20,7 +20,7 @@ from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
 from tests.fakes.rawsock import exchange
 from tests.load._support import raise_nofile, settle_fds
-from tests.security.floods import CHAT, Canary, Figures, Sampler, slow_bodies
+from tests.security.floods import CHAT, Canary, Figures, Sampler, eventually, slow_bodies
 from tests.security.support import assert_healthy
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +63,7 @@ def test_a_trickling_body_gets_408(short_body: Stack, evil: EvilListeners) -> No
     assert ex.closed
     assert took < 2 + 3, f"answered after {took:.1f} s"
     assert len(short_body.foundry.journal) == before
-    assert "FOUNDRY_PROXY_BODY_TIMEOUT" in short_body.proxy.log
+    assert eventually(lambda: "FOUNDRY_PROXY_BODY_TIMEOUT" in short_body.proxy.log, 5)
     assert_healthy(short_body, evil)
 
 
@@ -197,7 +197,7 @@ def test_a_client_that_stops_reading_frees_its_slot(one_slot: Stack, evil: EvilL
     print(f"\nstalled reader: slot free again after {freed:.1f} s")
     assert status == 200, "the stalled client kept its slot"
     assert freed < 2 + 6
-    assert "FOUNDRY_PROXY_SEND_TIMEOUT" in one_slot.proxy.log
+    assert eventually(lambda: "FOUNDRY_PROXY_SEND_TIMEOUT" in one_slot.proxy.log, 5)
     (entry,) = [e for e in one_slot.foundry.journal if e.header("x-fake-chunks")]
     assert not entry.completed, "the upstream answer should have been cut, not finished"
     assert_healthy(one_slot, evil)
