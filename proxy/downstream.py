@@ -17,7 +17,9 @@ WATCH_AFTER = 0.05
 
 
 class ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
+    """The client disconnected before its request body was complete, or its body stopped
+    coming: the listener ends a body slower than FOUNDRY_PROXY_BODY_MIN_RATE with 408 and
+    from then on the exchange sees a disconnect (listener.py)."""
 
 
 class TooLarge(Exception):
