@@ -13,7 +13,7 @@ from typing import Any
 from proxy.emulator.entra import Answer, EmulatedEntra, entra_error
 from tests.fakes.tokens import RecordingIssuer
 
-__all__ = ["Answer", "FakeEntra", "TokenCall", "entra_error"]
+__all__ = ["Answer", "FakeEntra", "TokenCall", "echoing_refusal", "entra_error"]
 
 
 @dataclass
@@ -39,6 +39,8 @@ class FakeEntra(EmulatedEntra):
         self.script: deque[Answer] = deque()
         #: While set, every call gets this answer (an outage or a lasting misconfiguration).
         self.outage: Answer | None = None
+        #: While set, every call is refused by echoing_refusal with this text added.
+        self.echo: str | None = None
 
     def calls_since(self, t: float) -> list[TokenCall]:
         return [c for c in self.calls if c.at >= t]
@@ -59,10 +61,30 @@ class FakeEntra(EmulatedEntra):
             answer = self.script.popleft()
         elif self.outage is not None:
             answer = self.outage
+        elif self.echo is not None:
+            answer = echoing_refusal(form, self.echo)
         else:
             answer = await super().answer(tenant, form, token_url=token_url)
         call.status = answer.status
         return answer
+
+
+def echoing_refusal(form: dict[str, str], extra: str) -> Answer:
+    """A 401 from something that is not Entra but answers in its shape, repeating what the client
+    proved itself with (secret or assertion) and ``extra`` in every text field: on the first
+    line of the description (the part a client keeps), in ``error`` (which is the only code when
+    ``error_codes`` is missing, as here) and in the ids."""
+    proof = form.get("client_secret") or form.get("client_assertion") or ""
+    echoed = f"{proof} {extra}"
+    return Answer(
+        401,
+        {
+            "error": f"invalid_client {echoed}",
+            "error_description": f"Invalid client secret provided: {echoed}\r\nTrace ID: {echoed}",
+            "trace_id": echoed,
+            "correlation_id": echoed,
+        },
+    )
 
 
 def _header(assertion: str | None) -> dict[str, Any] | None:
