@@ -15,6 +15,10 @@ transient, the second is a configuration problem that a quick retry will not fix
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from proxy.redaction import Redactor
+
 
 class ProxyError(Exception):
     """Base of every error foundry-proxy raises on purpose."""
@@ -33,7 +37,12 @@ class CredentialError(ProxyError):
 
     ``code`` is a short machine-readable code (an ``AADSTSnnnn`` code when Entra gave one),
     ``retry_after`` the seconds the token service asked us to wait, if it said.
-    Messages never contain the secret or a token: they are built from Entra's error fields.
+
+    The message, the code and the correlation id may carry text of the token service's, which
+    is not always Entra (a gateway, a hostile host): they are redacted here, of ``secrets``
+    (the credential's own secret values) and of every secret shape (redaction.py), so that
+    nothing printing the error, a traceback included, can show a secret. There is one copy of
+    the message, ``str(err)``; ``message`` reads it.
     """
 
     #: True when retrying soon is pointless (the configuration must change first).
@@ -47,14 +56,19 @@ class CredentialError(ProxyError):
         hint: str = "",
         retry_after: float | None = None,
         correlation_id: str = "",
+        secrets: Iterable[str] = (),
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+        redact = Redactor.of(secrets)
+        super().__init__(redact(message))
+        self.code = redact(code)
         self.hint = hint
         self.retry_after = retry_after
         #: Entra's correlation id, which its support and sign-in logs are searched by.
-        self.correlation_id = correlation_id
+        self.correlation_id = redact(correlation_id)
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
 class CredentialUnavailable(CredentialError):

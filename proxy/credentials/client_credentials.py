@@ -111,11 +111,12 @@ class ClientCredentials:
         self._http = http
 
     async def get_token(self, scope: str) -> AccessToken:
+        proof = await self._auth.form_fields(self.token_endpoint)
         form = {
             "grant_type": "client_credentials",
             "client_id": self._client_id,
             "scope": scope,
-            **await self._auth.form_fields(self.token_endpoint),
+            **proof,
         }
         try:
             response = await self._http.post(
@@ -148,12 +149,7 @@ class ClientCredentials:
         if response.status_code == 200:
             return parse_token_response(body)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        error = error_from_response(response.status_code, body, retry_after)
-        # Entra never echoes the credential, but whatever answered may not be Entra.
-        for name, value in form.items():
-            if name not in ("grant_type", "client_id", "scope") and value:
-                error.message = error.message.replace(value, "[redacted]")
-        raise error
+        raise error_from_response(response.status_code, body, retry_after, proof.values())
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the app's lifespan."""

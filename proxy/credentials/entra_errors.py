@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
+from proxy.redaction import safe_message
 
 # AADSTS code -> what to do about it. The same table feeds the 503 bodies and the logs.
 HINTS: Mapping[int, str] = MappingProxyType(
@@ -74,19 +75,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def first_line(text: str, limit: int = 300) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line[:limit]
+def error_from_response(
+    status: int, body: object, retry_after: float | None, secrets: Iterable[str] = ()
+) -> CredentialError:
+    """Classify a non-200 answer of a token endpoint.
 
-
-def error_from_response(status: int, body: object, retry_after: float | None) -> CredentialError:
-    """Classify a non-200 answer of a token endpoint."""
+    ``secrets``: what the request proved the client with. Entra never echoes it, but whatever
+    answered may not be Entra, so none of its text is kept without them redacted.
+    """
     fields = body if isinstance(body, Mapping) else {}
     error = str(fields.get("error") or f"http_{status}")
     codes = fields.get("error_codes")
     aadsts = [c for c in codes if isinstance(c, int)] if isinstance(codes, list) else []
     code = f"AADSTS{aadsts[0]}" if aadsts else error
-    description = first_line(str(fields.get("error_description") or ""))
+    description = safe_message(str(fields.get("error_description") or ""), secrets)
     hint = next((HINTS[c] for c in aadsts if c in HINTS), "")
     message = description or f"the token service answered HTTP {status} ({error})"
     transient = (
@@ -104,4 +106,5 @@ def error_from_response(status: int, body: object, retry_after: float | None) ->
         hint=hint,
         retry_after=retry_after,
         correlation_id=correlation if isinstance(correlation, str) else "",
+        secrets=secrets,
     )

@@ -26,8 +26,9 @@ from pydantic import SecretStr
 
 from proxy.credentials.base import AccessToken, number, parse_token_response
 from proxy.credentials.claims import scope_resource
-from proxy.credentials.entra_errors import first_line, parse_retry_after
+from proxy.credentials.entra_errors import parse_retry_after
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
+from proxy.redaction import safe_message
 
 log = logging.getLogger("foundry_proxy.token")
 
@@ -120,9 +121,9 @@ def _token(body: object, now: float) -> AccessToken:
     return parse_token_response(body)
 
 
-def _detail(body: object, response: httpx2.Response) -> str:
-    """What the endpoint said, one line: IMDS answers ``error_description``, App Service
-    ``message`` (sometimes nested under ``error``)."""
+def _detail(body: object, response: httpx2.Response, secrets: Sequence[str] = ()) -> str:
+    """What the endpoint said, one line fit to show: IMDS answers ``error_description``, App
+    Service ``message`` (sometimes nested under ``error``)."""
     if isinstance(body, Mapping):
         nested = body.get("error")
         for value in (
@@ -131,8 +132,8 @@ def _detail(body: object, response: httpx2.Response) -> str:
             nested.get("message") if isinstance(nested, Mapping) else nested,
         ):
             if isinstance(value, str) and value.strip():
-                return first_line(value)
-    return first_line(response.text) if body is None else ""
+                return safe_message(value, secrets)
+    return safe_message(response.text, secrets) if body is None else ""
 
 
 def _with_detail(message: str, detail: str) -> str:
@@ -187,16 +188,12 @@ class AppServiceIdentity:
         body = _json(response)
         if response.status_code == 200:
             return _token(body, time.time())
-        error = self._error(response, body)
         # The endpoint should never echo the header, but a proxy or a broken gateway might.
-        if secret:
-            error.message = error.message.replace(secret, "[redacted]")
-            error.args = (error.message,)
-        raise error
+        raise self._error(response, body, secret)
 
-    def _error(self, response: httpx2.Response, body: object) -> CredentialError:
+    def _error(self, response: httpx2.Response, body: object, secret: str) -> CredentialError:
         status = response.status_code
-        detail = _detail(body, response)
+        detail = _detail(body, response, (secret,))
         if status == 400:
             return AuthenticationFailed(
                 _with_detail(
