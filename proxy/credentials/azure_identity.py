@@ -9,13 +9,12 @@ narrows its chain); it is an optional extra: pip install 'foundry-proxy[azure-id
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from proxy.credentials.base import AccessToken
-from proxy.credentials.entra_errors import first_line
 from proxy.errors import ConfigError, CredentialUnavailable
+from proxy.redaction import safe_message
 
 _MISSING = (
     "FOUNDRY_PROXY_CREDENTIAL=azure-identity needs the azure-identity package: "
@@ -30,15 +29,11 @@ def require_azure_identity() -> None:
         raise ConfigError([_MISSING]) from None
 
 
-_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
-
-
 def _attempts(message: str, limit: int = 600) -> str:
     """The chain's summary line and its "CredentialName: reason" lines, on one line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     reasons = [line for line in lines[1:] if ":" in line and not line.startswith("To ")]
-    text = "; ".join([first_line(message), *reasons])
-    return _JWT.sub("[token]", text)[:limit]
+    return safe_message("; ".join(lines[:1] + reasons), limit=limit)
 
 
 class DelegatedCredential:
@@ -51,7 +46,7 @@ class DelegatedCredential:
         try:
             self._inner: Any = DefaultAzureCredential()
         except ValueError as exc:  # its own settings, e.g. a non-https AZURE_AUTHORITY_HOST
-            raise ConfigError([f"azure-identity: {first_line(str(exc))}"]) from None
+            raise ConfigError([f"azure-identity: {safe_message(str(exc))}"]) from None
 
     async def get_token(self, scope: str) -> AccessToken:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -73,7 +68,7 @@ class DelegatedCredential:
             ) from None
         except AzureError as exc:
             raise CredentialUnavailable(
-                f"azure-identity could not reach its token service: {first_line(str(exc))}",
+                f"azure-identity could not reach its token service: {safe_message(str(exc))}",
                 code="azure_identity_unavailable",
             ) from None
         now = time.time()

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from proxy.credentials.base import AccessToken, number
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
+from proxy.redaction import safe_message
 
 # Entra tokens live 60-90 minutes (24-28 h with CAE); an expiry beyond a year is a broken answer.
 _MAX_LIFETIME = 366 * 24 * 3600
@@ -35,19 +36,14 @@ _SAFE_CWD = "/"
 # After a kill, the pipes close as soon as the process group is gone; this only bounds a child
 # that escaped the group and still holds them.
 _REAP_SECONDS = 2.0
-_MAX_MESSAGE = 300
 
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _AADSTS = re.compile(r"AADSTS(\d+)")
 
 
 def _scrub(text: str) -> str:
-    """One line, fit for a log: no colours, no token-shaped text, bounded length."""
+    """One line, fit for a log, without the CLI's "ERROR:" prefix."""
     # The CLIs never print the token on stderr, but a message must not depend on that.
-    line = _JWT.sub("[redacted]", _ANSI.sub("", text)).strip()
-    line = line.removeprefix("ERROR:").strip()
-    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 1] + "…"
+    return safe_message(text).removeprefix("ERROR:").strip()
 
 
 def _first_error_line(text: str) -> str:
