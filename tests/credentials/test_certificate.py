@@ -39,10 +39,9 @@ from tests.fakes.certificates import cert_pem, key_pem, make_certificate, pfx, r
 from tests.fakes.entra import FakeEntra
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.processes import run
 
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 SCOPE = "https://cognitiveservices.azure.com/.default"
 PASSWORD = "pfx-canary-Zq8!w"  # must never show in an error
 SUBJECT = "foundry-proxy.contoso.example"

@@ -11,10 +11,9 @@ from proxy.credentials.selection import Choice, resolve
 from proxy.errors import ConfigError
 from proxy.settings import load_settings
 from tests.fakes.cli import install_fake_cli
+from tests.support.identities import CLIENT_ID, TENANT
 
 UPSTREAM = "https://myres.openai.azure.com"
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
 
 @pytest.fixture(autouse=True)

@@ -24,11 +24,10 @@ from tests.fakes.entra import FakeEntra
 from tests.fakes.foundry import FakeFoundry
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.processes import Child, run
 from tests.support.readiness import wait_for_status
 
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-CLIENT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 # The proxy's "where to connect" line, written once the address accepts connections.
 LISTENING = r"listening on http://127\.0\.0\.1:(\d+)"
 

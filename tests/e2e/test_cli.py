@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, run_proxy
+from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.foundry import Entry
+from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e

@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.stack import TENANT, Stack, chat_load, openai_client, run_proxy
+from tests.e2e.stack import Stack, chat_load, openai_client, run_proxy
 from tests.fakes.cli import CliName, install_fake_cli, read_calls, write_control
 from tests.fakes.egress import ForwardProxy
 from tests.fakes.identity import SYSTEM_CLIENT_ID, FakeAppServiceIdentity, FakeImds
 from tests.fakes.serve import ServerThread
+from tests.support.identities import TENANT
 from tests.support.readiness import wait_for_status, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -23,10 +23,10 @@ from starlette.routing import Route
 
 from proxy.emulator.entra import KNOWN_RESOURCES, Answer
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.identities import TENANT
 
 __all__ = ["Answer", "FakeAppServiceIdentity", "FakeImds", "IdentityCall"]
 
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 #: The client id of the system-assigned identity (its tokens' appid).
 SYSTEM_CLIENT_ID = "5d1c7f2e-0a3b-4c8d-9e6f-112233445566"
 

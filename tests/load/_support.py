@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack
+from tests.e2e.stack import Stack
+from tests.support.identities import CLIENT_ID, TENANT
 
 # Process measurements live in tests/support/procfs.py; these names stay importable from here.
 from tests.support.procfs import fd_count as fd_count

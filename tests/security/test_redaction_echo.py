@@ -25,10 +25,11 @@ from proxy.credentials.client_credentials import (
     secret_file_auth,
 )
 from proxy.errors import CredentialError
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, run_proxy
+from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.entra import FakeEntra
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.stack import CLIENT_ID, TENANT, Stack, clean_environment, run_proxy
+from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.evil import EvilListeners, ScriptedUpstream, TcpCounter
 from tests.fakes.rawsock import exchange
 from tests.fakes.serve import ServerThread
@@ -31,6 +31,7 @@ from tests.security.support import (
     proxy_log_lines,
     unsafe_upstream_path,
 )
+from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
