@@ -33,7 +33,7 @@ from proxy.metrics import Exchange, Metrics
 from proxy.policy import Policy
 from proxy.replies import (
     anthropic_call,
-    anthropic_not_served,
+    anthropic_elsewhere,
     send_error,
     token_unavailable,
     too_large,
@@ -47,7 +47,15 @@ from proxy.rewrite import (
     request_headers,
     response_headers,
 )
-from proxy.usage import JSON_LIMIT, STREAM_TAIL, from_json, from_stream_tail, model_of_request
+from proxy.usage import (
+    JSON_LIMIT,
+    STREAM_HEAD,
+    STREAM_TAIL,
+    from_anthropic_stream,
+    from_json,
+    from_stream_tail,
+    model_of_request,
+)
 
 log = logging.getLogger("foundry_proxy.forward")
 
@@ -56,7 +64,8 @@ _INSPECT_LIMIT = 64 * 1024
 _CLOSE = ((b"connection", b"close"),)
 _KEY_MESSAGE = (
     "foundry-proxy requires an inbound key: send it as Authorization: Bearer <key> (the api_key "
-    "of OpenAI SDKs) or as an api-key header"
+    "of OpenAI SDKs), as an api-key header or as an x-api-key header (the api_key of Anthropic "
+    "SDKs)"
 )
 _KEY_CHALLENGE = ((b"www-authenticate", b'Bearer realm="foundry-proxy"'),)
 
@@ -176,7 +185,9 @@ class Forwarder:
             target = map_target(scope["raw_path"], scope["query_string"])
         except BadTarget as exc:
             if exc.status == 404:
-                await self._not_found(send, scope["method"], x.path, exc.message)
+                await self._not_found(
+                    send, scope["method"], x.path, _host_of(scope["headers"]), exc.message
+                )
             else:
                 await send_error(send, exc.status, "invalid_request", exc.message)
             return
@@ -205,7 +216,7 @@ class Forwarder:
         verdict = self._config.policy.decide(scope["method"], target.path)
         if verdict != 200:
             if verdict == 404:
-                await self._not_found(send, scope["method"], x.path)
+                await self._not_found(send, scope["method"], x.path, inbound.host or "")
             else:
                 await self._refuse_operation(send, verdict, scope["method"], target.path)
             return
@@ -251,11 +262,14 @@ class Forwarder:
                 found |= hmac.compare_digest(candidate, key)
         return found
 
-    async def _not_found(self, send: Send, method: str, path: str, no_route: str = "") -> None:
+    async def _not_found(
+        self, send: Send, method: str, path: str, host: str, no_route: str = ""
+    ) -> None:
         """404 for what no Azure operation is (``path`` as the client sent it): most likely a
-        typo, so the answer names the closest known operation rather than a setting."""
+        typo, so the answer names the closest known operation rather than a setting; an
+        Anthropic call outside /anthropic/ is told the base URL to use (``host``: its Host)."""
         if anthropic_call(path):
-            await anthropic_not_served(send, method, path)
+            await anthropic_elsewhere(send, method, path, host)
             return
         known, close = self._config.policy.closest(method, path)
         hint = f"did you mean {known}?" if close else f"the nearest known operation is {known}"
@@ -470,8 +484,13 @@ async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes
     if not isinstance(parsed, dict):
         return challenge, raw
     error = parsed.get("error")
-    if isinstance(error, dict) and error.get("code") == "PermissionDenied":
-        return False, raw
+    if isinstance(error, dict):
+        if error.get("code") == "PermissionDenied":
+            return False, raw
+        # Anthropic's shape for a rejected credential, should the Claude route answer in it
+        # rather than in the Entra-token shape above (docs/claude.md).
+        if error.get("type") == "authentication_error":
+            return True, raw
     return challenge or ("statusCode" in parsed and "message" in parsed), raw
 
 
@@ -540,7 +559,14 @@ def route_of(path: str) -> tuple[str, str]:
         return "openai", ""
     if path.startswith("/models/"):
         return "models", ""
+    if path.startswith("/anthropic/"):
+        return "anthropic", ""
     return "projects", ""
+
+
+def _host_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The Host header, for an answer to a request whose headers were not parsed."""
+    return next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
 
 
 class _Tap:
@@ -553,6 +579,7 @@ class _Tap:
     for replay (see usage.model_of_request)."""
 
     __slots__ = (
+        "_head",
         "_json",
         "_kept",
         "_metrics",
@@ -569,6 +596,7 @@ class _Tap:
         self._metrics = metrics
         self._wants_model = wants_model  # metrics or the access log will read x.model
         self._kept = bytearray()
+        self._head: bytearray | None = None  # a Claude stream's first bytes (message_start)
         self._json = self._stream = False
         self.request_body: bytes | None = None
 
@@ -582,6 +610,9 @@ class _Tap:
             body = message.get("body", b"")
             x.bytes_out += len(body)
             if self._stream:
+                head = self._head
+                if head is not None and len(head) < STREAM_HEAD:
+                    head += body[: STREAM_HEAD - len(head)]
                 self._kept += body
                 if len(self._kept) > 2 * STREAM_TAIL:
                     del self._kept[:-STREAM_TAIL]
@@ -598,6 +629,8 @@ class _Tap:
             if name == b"content-type":
                 if value.startswith(b"text/event-stream"):
                     x.streamed = self._stream = True
+                    if x.route == "anthropic":
+                        self._head = bytearray()
                     if self._metrics is not None:
                         self._metrics.streams.inc()
                 else:
@@ -615,7 +648,11 @@ class _Tap:
         if self._stream:
             if self._metrics is not None:
                 self._metrics.streams.dec()
-            self.x.usage = from_stream_tail(bytes(self._kept))
+            if self._head is not None:
+                self.x.usage = from_anthropic_stream(bytes(self._head), bytes(self._kept))
+                self._head = None
+            else:
+                self.x.usage = from_stream_tail(bytes(self._kept))
         elif self._json and self._kept:
             self.x.usage = from_json(bytes(self._kept))
         self._kept = bytearray()

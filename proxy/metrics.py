@@ -159,6 +159,7 @@ class Metrics:
         # Children of labelled metrics, looked up once (labels() hashes and locks each call).
         self._children: dict[tuple[str, str, int, bool], tuple[Any, Any, Any]] = {}
         self._models: dict[str, tuple[Any, ...]] = {}
+        self._caches: dict[str, tuple[Any, ...]] = {}
         self._limits: dict[tuple[str, str], Any] = {}
         self.tokens = TokenCollector(statuses, kind)
         r.register(self.tokens)
@@ -203,6 +204,8 @@ class Metrics:
             counters[0].inc(x.usage.prompt)
             counters[1].inc(x.usage.completion)
             counters[2].inc(x.usage.total)
+            if x.usage.cache_read or x.usage.cache_creation:
+                self._cache_tokens(model, x.usage.cache_read, x.usage.cache_creation)
         for kind, value in (x.ratelimit or {}).items():
             try:
                 number = float(value)
@@ -212,6 +215,17 @@ class Metrics:
             if gauge is None:
                 gauge = self._limits[(model, kind)] = self.ratelimit.labels(model, kind)
             gauge.set(number)
+
+    def _cache_tokens(self, model: str, read: int, creation: int) -> None:
+        """Claude's prompt-cache reads and writes (kinds cache_read, cache_creation), part of
+        its prompt count; series made only for models that report them."""
+        counters = self._caches.get(model)
+        if counters is None:
+            counters = self._caches[model] = tuple(
+                self.model_tokens.labels(model, kind) for kind in ("cache_read", "cache_creation")
+            )
+        counters[0].inc(read)
+        counters[1].inc(creation)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

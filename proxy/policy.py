@@ -45,6 +45,11 @@ _READS = (
 )
 
 
+# Claude's Messages API, as Foundry serves it under /anthropic/v1 (docs/claude.md): both are
+# inference, and count_tokens is what Claude Code calls to size its context.
+_ANTHROPIC = ("messages", "messages/count_tokens")
+
+
 def _v1(prefix: str) -> list[str]:
     return [
         *(f"POST {prefix}/{op}" for op in (*_INFERENCE, "responses", "responses/*/cancel")),
@@ -69,12 +74,14 @@ DEFAULT_RULES: tuple[str, ...] = (
     "GET /models/info",
     "GET /api/projects/*/deployments",
     "GET /api/projects/*/deployments/*",
+    *(f"POST /anthropic/v1/{op}" for op in _ANTHROPIC),
 )
-#: FOUNDRY_PROXY_POLICY=open: everything under the four route families.
+#: FOUNDRY_PROXY_POLICY=open: everything under the route families.
 OPEN_RULES: tuple[str, ...] = (
     "* /openai/**",
     "* /models/**",
     "* /api/projects/**",
+    "* /anthropic/**",
 )
 
 # -- The operations Azure serves, allowed or not ------------------------------------------------
@@ -201,6 +208,7 @@ KNOWN_OPERATIONS: tuple[str, ...] = (
     "POST /models/images/embeddings",
     "GET /models/info",
     *(f"GET,POST,DELETE /api/projects/*/{c}/**" for c in _PROJECT_COLLECTIONS),
+    *(f"POST /anthropic/v1/{op}" for op in _ANTHROPIC),
 )
 
 _METHOD = re.compile(r"^[A-Z]+$|^\*$")
@@ -262,7 +270,7 @@ def _compile(rules: list[Rule]) -> dict[str, re.Pattern[str]]:
 
 
 # Local path prefixes (rewrite.py's route families), for suggestions in the client's own terms.
-_FAMILIES = ("/v1/", "/openai/", "/models/", "/api/projects/")
+_FAMILIES = ("/v1/", "/openai/", "/models/", "/api/projects/", "/anthropic/")
 # Suggestions compare at most this much of a path: enough for any real operation, and a long
 # path cannot make the comparison expensive.
 _SUGGEST_CHARS = 200

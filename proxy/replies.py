@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from types import MappingProxyType
 
@@ -58,26 +59,32 @@ async def _send_json(
 
 # -- Claude (the Anthropic Messages API) -----------------------------------------------------
 # Foundry serves Claude at {resource}/anthropic/v1/messages, beside (not under) the OpenAI-style
-# routes, and foundry-proxy has no /anthropic/ route yet. The Anthropic SDKs and Claude Code
-# call {base URL}/v1/messages, so with the proxy as their base URL they land on paths that look
-# like typos of OpenAI operations; they get this answer instead of a hint at an /openai/ path
-# Azure does not have. When the /anthropic/ route family exists, this is the place to change.
+# routes, and so does foundry-proxy: the Anthropic SDKs and Claude Code take the proxy's
+# /anthropic as their base URL and call {base URL}/v1/messages. A client given the bare proxy
+# address calls /v1/messages, which looks like a typo of an OpenAI operation; it is told the
+# base URL to use instead (docs/claude.md).
 
 _ANTHROPIC_ENDINGS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/complete")
 _ANTHROPIC_BARE = ("/messages", "/messages/count_tokens", "/complete")  # a base URL ending /v1
-ANTHROPIC_NOT_SERVED = (
-    "{call} is an Anthropic API call (Claude). Azure AI Foundry serves Claude models at "
-    "https://<resource>.services.ai.azure.com/anthropic/v1/messages, not under /openai/, and "
-    "foundry-proxy does not proxy the Anthropic API yet: it forwards only the OpenAI-style "
-    "routes /v1/, /openai/, /models/ and /api/projects/"
+ANTHROPIC_BASE_URL = (
+    "{call} is an Anthropic API call (Claude). foundry-proxy serves Claude under /anthropic/, "
+    "as Azure AI Foundry does: set the client's base URL to http://{authority}/anthropic "
+    '(Anthropic(base_url="http://{authority}/anthropic"), or ANTHROPIC_BASE_URL for Claude '
+    "Code)"
+)
+# What may be echoed back as the proxy's address: a host name or address and a port, nothing
+# a client could use to put other text into the answer.
+_AUTHORITY = re.compile(
+    r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
 
 
 def anthropic_call(path: str) -> bool:
-    """Whether a local path the proxy does not serve is an Anthropic API call."""
+    """Whether a local path outside /anthropic/ is an Anthropic API call."""
+    if path.startswith("/anthropic/"):
+        return False
     return (
         path == "/anthropic"
-        or path.startswith("/anthropic/")
         or path.endswith(_ANTHROPIC_ENDINGS)
         or path in _ANTHROPIC_BARE
         or "/v1/messages/batches" in path
@@ -85,11 +92,12 @@ def anthropic_call(path: str) -> bool:
     )
 
 
-async def anthropic_not_served(send: Send, method: str, path: str) -> None:
+async def anthropic_elsewhere(send: Send, method: str, path: str, host: str) -> None:
     """404 in Anthropic's error shape (what its SDKs and Claude Code parse), which also carries
-    the OpenAI shape's fields."""
-    code = "anthropic_not_supported"
-    message = ANTHROPIC_NOT_SERVED.format(call=f"{method} {path}")
+    the OpenAI shape's fields, naming the base URL to use. ``host``: the request's Host."""
+    code = "anthropic_base_url"
+    authority = host if _AUTHORITY.fullmatch(host) else "127.0.0.1:8787"
+    message = ANTHROPIC_BASE_URL.format(call=f"{method} {path}", authority=authority)
     payload = {
         "type": "error",
         "error": {"type": "not_found_error", "message": message, "code": code, "param": None},

@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Route families: local prefix -> upstream prefix. `/v1/...` serves `OpenAI(base_url=.../v1)`.
+# Route families: local prefix -> upstream prefix, and whether the token is for the projects
+# scope (https://ai.azure.com), which the Foundry project API and Claude both take.
+# `/v1/...` serves `OpenAI(base_url=.../v1)`; `/anthropic/...` serves
+# `Anthropic(base_url=.../anthropic)`, as Foundry serves Claude beside the OpenAI routes.
 _ROUTES: tuple[tuple[bytes, str, bool], ...] = (
     (b"/v1/", "/openai/v1/", False),
     (b"/openai/", "/openai/", False),
     (b"/models/", "/models/", False),
     (b"/api/projects/", "/api/projects/", True),
+    (b"/anthropic/", "/anthropic/", True),
 )
 
 # RFC 3986 pchar plus "/": what may appear unescaped in a path we forward.
@@ -46,7 +50,7 @@ class Target:
     """Where a request goes: ``path_qs`` is appended to the configured origin as is."""
 
     path_qs: str
-    projects: bool
+    projects: bool  # the token is for the projects scope (/api/projects/ and /anthropic/)
     path: str  # path_qs without the query: what the method and path policy judges
 
 
@@ -84,7 +88,9 @@ def map_target(raw_path: bytes, query: bytes) -> Target:
             break
     else:
         raise BadTarget(
-            404, "no such route: foundry-proxy serves /v1/, /openai/, /models/ and /api/projects/"
+            404,
+            "no such route: foundry-proxy serves /v1/, /openai/, /models/, /api/projects/ and "
+            "/anthropic/",
         )
     _check_path(raw_path)
     if query and not _QUERY_BYTES.issuperset(query):
@@ -132,8 +138,8 @@ _REQUEST_DROP = HOP_BY_HOP | {
 }
 _REQUEST_DROP_PREFIXES = (b"x-forwarded-", b"x-envoy-")
 # Where a client may present an inbound key (the OpenAI SDKs send Authorization: Bearer, the
-# AzureOpenAI SDKs api-key).
-_KEY_HEADERS = frozenset({b"authorization", b"api-key"})
+# AzureOpenAI SDKs api-key, the Anthropic SDKs and Claude Code x-api-key or a bearer token).
+_KEY_HEADERS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 
 # Response fields that describe the upstream hop, or that would leak between local callers.
 _RESPONSE_DROP = HOP_BY_HOP | {b"set-cookie", b"set-cookie2", b"alt-svc"}

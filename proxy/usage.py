@@ -1,9 +1,13 @@
-"""Model usage from a copy of a response's bytes: prompt, completion and total tokens; and the
-model a small request body names, for answers that name none.
+"""Model usage from a copy of a response's bytes: prompt, completion and total tokens (and
+Claude's prompt-cache reads and writes); and the model a small request body names, for answers
+that name none.
 
 The client gets every byte as the upstream sent it; this module only reads what the forwarder
 kept aside: the whole body of a small JSON answer, or the tail of a server-sent-event stream
-(the usage chunk comes last, just before ``data: [DONE]``).
+(the usage chunk comes last, just before ``data: [DONE]``). A Claude stream splits its usage
+between its first event (``message_start``: the model and the input tokens) and its last but
+one (``message_delta``: the output tokens, and in newer API versions the input ones again), so
+for those the forwarder keeps the head of the stream too.
 Standard library only, no I/O.
 """
 
@@ -11,21 +15,31 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 # JSON answers larger than this are not kept for inspection (embeddings of big batches).
 JSON_LIMIT = 1024 * 1024
 # The usage chunk of a stream is a few hundred bytes; this much of the tail always holds it,
 # and a thousand open streams keep only a few MB for it.
 STREAM_TAIL = 4 * 1024
+# A Claude stream's message_start event is a few hundred bytes and comes first.
+STREAM_HEAD = 4 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """``prompt`` counts every input token the model read: for Claude, whose ``input_tokens``
+    leaves out the prompt cache, that is input + cache reads + cache writes, so the figure
+    means the same as OpenAI's ``prompt_tokens`` (which includes cached tokens)."""
+
     model: str
     prompt: int
     completion: int
     total: int
+    cache_read: int = 0  # Claude's cache_read_input_tokens
+    cache_creation: int = 0  # Claude's cache_creation_input_tokens
 
 
 def _usage(body: object) -> Usage | None:
@@ -46,10 +60,24 @@ def _usage(body: object) -> Usage | None:
         return None
     if prompt < 0 or completion < 0:
         return None
+    cache_read = _count(usage.get("cache_read_input_tokens"))
+    cache_creation = _count(usage.get("cache_creation_input_tokens"))
+    prompt += cache_read + cache_creation
     if not isinstance(total, int) or total < 0:
         total = prompt + completion
     model = body.get("model")
-    return Usage(model if isinstance(model, str) else "", prompt, completion, total)
+    return Usage(
+        model if isinstance(model, str) else "",
+        prompt,
+        completion,
+        total,
+        cache_read,
+        cache_creation,
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 _DECODER = json.JSONDecoder()
@@ -125,5 +153,44 @@ def from_stream_tail(tail: bytes) -> Usage | None:
         except (ValueError, UnicodeDecodeError):
             continue
         if found is not None:
+            return found
+    return None
+
+
+def from_anthropic_stream(head: bytes, tail: bytes) -> Usage | None:
+    """Usage of a Claude stream: the model and input counts of the ``message_start`` event in
+    the stream's ``head``, updated by the cumulative counts of the last ``message_delta`` event
+    in its ``tail`` (either alone when the other is missing: a stream cut short still read its
+    input). As in from_stream_tail, only the lines that can be these events are decoded."""
+    start = _event(head.split(b"\n"), b'"message_start"')
+    delta = _event(reversed(tail.split(b"\n")), b'"message_delta"')
+    message = start.get("message") if start is not None else None
+    counts: dict[str, object] = {}
+    model: object = None
+    if isinstance(message, dict):
+        model = message.get("model")
+        if isinstance(message.get("usage"), dict):
+            counts.update(message["usage"])
+    if delta is not None and isinstance(delta.get("usage"), dict):
+        # Counts a delta leaves out or sends as null keep message_start's value.
+        counts.update((k, v) for k, v in delta["usage"].items() if isinstance(v, int))
+    if not counts:
+        return None
+    counts.setdefault("input_tokens", 0)
+    counts.setdefault("output_tokens", 0)
+    return _usage({"usage": counts, "model": model})
+
+
+def _event(lines: Iterable[bytes], kind: bytes) -> dict[str, Any] | None:
+    """The first of ``lines`` that is an SSE data line of the event type ``kind``, decoded."""
+    for line in lines:
+        line = line.strip()
+        if not line.startswith(b"data:") or kind not in line:
+            continue
+        try:
+            found = json.loads(line[5:])
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if isinstance(found, dict) and found.get("type") == kind.strip(b'"').decode():
             return found
     return None

@@ -6,7 +6,12 @@ import hashlib
 import re
 from typing import Any
 
-DEPLOYMENTS = ("emulated-gpt-4o-mini", "emulated-text-embedding-3-small", "emulated-whisper")
+DEPLOYMENTS = (
+    "emulated-gpt-4o-mini",
+    "emulated-text-embedding-3-small",
+    "emulated-whisper",
+    "emulated-claude-sonnet-4-5",  # served at /anthropic/v1/messages (claude.py)
+)
 
 
 def emulated_model(requested: str | None) -> str:

@@ -1,4 +1,5 @@
-"""Emulated Foundry / Azure OpenAI data plane: the OpenAI routes apps call, with Entra auth.
+"""Emulated Foundry / Azure OpenAI data plane: the OpenAI routes apps call, and Claude's
+Messages API (claude.py), with Entra auth.
 
 A raw ASGI app. It checks the bearer token like the real service (401 with the Entra-token body
 shape), answers deterministically (an echo of the prompt, "emulated-" model names) and streams
@@ -22,6 +23,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from proxy.emulator import claude
 from proxy.emulator.content import (
     DEPLOYMENTS,
     answer_text,
@@ -40,6 +42,7 @@ ENTRA_401_MESSAGE = (
     "(https://cognitiveservices.azure.com), or have expired."
 )
 _DEPLOYMENT_ROUTE = re.compile(r"^/openai/deployments/([A-Za-z0-9._-]+)/(.+)$")
+_CLAUDE_ROUTES = frozenset({"/anthropic/v1/messages", "/anthropic/v1/messages/count_tokens"})
 
 
 def _entra_401() -> dict[str, Any]:
@@ -150,7 +153,8 @@ class EmulatedFoundry:
     # -- policy hooks -----------------------------------------------------------------------
 
     def audiences(self, path: str) -> tuple[str, ...]:
-        if path.startswith("/api/projects/"):
+        if path.startswith(("/api/projects/", "/anthropic/")):
+            # Claude on Foundry takes https://ai.azure.com tokens only (docs/claude.md).
             return (AI,)
         if path.startswith("/openai/v1/"):
             # Newer Foundry docs use https://ai.azure.com for /openai/v1 too; both are accepted.
@@ -218,6 +222,9 @@ class EmulatedFoundry:
         path, method = request.path, request.method
         deployment: str | None = None
         operation = ""
+        if method == "POST" and path in _CLAUDE_ROUTES:
+            await self.claude(request, path.endswith("/count_tokens"), receive, send)
+            return
         if m := _DEPLOYMENT_ROUTE.match(path):
             if "api-version=" not in request.query:
                 await self.not_found(request, send)
@@ -349,6 +356,34 @@ class EmulatedFoundry:
             events.append(chunk([], usage=usage))
         events.append(b"data: [DONE]\n\n")
         await self.stream(request, events, receive, send)
+
+    async def claude(
+        self, request: EmuRequest, counting: bool, receive: Receive, send: Send
+    ) -> None:
+        """Claude's Messages API (count_tokens when ``counting``), in Anthropic's shapes."""
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        wrong = claude.problem(payload, counting)
+        if wrong is not None:
+            body = claude.error("invalid_request_error", wrong)
+            await self.reply(send, request, *json_reply(400, body, self._headers()))
+            return
+        assert isinstance(payload, dict)
+        if counting:
+            counted = {"input_tokens": claude.input_tokens(payload)}
+            await self.reply(send, request, *json_reply(200, counted, self._headers()))
+            return
+        text = self.answer_for(request, claude.model_of(payload), claude.prompt_text(payload))
+        if not payload.get("stream"):
+            first, _ = self.stream_timing(request)
+            if first:
+                await asyncio.sleep(first)
+            answer = claude.message(payload, text)
+            await self.reply(send, request, *json_reply(200, answer, self._headers()))
+            return
+        await self.stream(request, claude.events(payload, text), receive, send)
 
     async def responses(self, request: EmuRequest, receive: Receive, send: Send) -> None:
         payload = request.json()

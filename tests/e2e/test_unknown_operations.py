@@ -122,11 +122,12 @@ def test_known_or_allowed_operations_keep_the_policy_answer(
         "/v1/messages",  # Anthropic(base_url=proxy), Claude Code's ANTHROPIC_BASE_URL=proxy
         "/v1/messages/count_tokens",
         "/messages",  # a base URL ending in /v1
-        "/anthropic/v1/messages",  # base_url=proxy/anthropic, as on Foundry
         "/openai/v1/messages",  # where an earlier answer of the proxy pointed
     ],
 )
-def test_an_anthropic_call_is_told_where_claude_lives(default_policy: Stack, path: str) -> None:
+def test_an_anthropic_call_outside_anthropic_is_told_the_base_url(
+    default_policy: Stack, path: str
+) -> None:
     s = default_policy
     before = len(s.foundry.journal)
     headers = {"x-api-key": "unused", "anthropic-version": "2023-06-01"}
@@ -138,9 +139,8 @@ def test_an_anthropic_call_is_told_where_claude_lives(default_policy: Stack, pat
     assert body["error"]["type"] == "not_found_error"
     message = body["error"]["message"]
     assert message.startswith(f"POST {path} is an Anthropic API call (Claude)")
-    assert "/anthropic/v1/messages" in message
-    assert "does not proxy the Anthropic API yet" in message
+    assert f"base URL to {s.url}/anthropic " in message  # the address the client used
     assert "FOUNDRY_PROXY_ALLOW" not in message
-    assert body["error"]["code"] == "anthropic_not_supported"
-    assert reply.headers["x-foundry-proxy-error"] == "anthropic_not_supported"
+    assert body["error"]["code"] == "anthropic_base_url"
+    assert reply.headers["x-foundry-proxy-error"] == "anthropic_base_url"
     assert len(s.foundry.journal) == before

@@ -43,6 +43,10 @@ def test_every_known_operation_parses_and_is_refused_with_403_when_not_allowed()
         ("GET", "/api/projects/p/connections/c1", 403),
         ("GET", "/api/projects/p/conections", 404),
         ("TRACE", "/openai/v1/models", 405),
+        ("POST", "/anthropic/v1/messages", 200),
+        ("POST", "/anthropic/v1/messages/count_tokens", 200),
+        ("GET", "/anthropic/v1/messages", 405),
+        ("POST", "/anthropic/v1/message", 404),
     ],
 )
 def test_verdicts(method: str, path: str, verdict: int) -> None:
@@ -75,6 +79,8 @@ def test_an_allowed_path_is_known_whatever_the_list_says() -> None:
         ("GET", "/api/projects/p1/deployment", "GET /api/projects/p1/deployments"),
         ("POST", "/chat/completions", "POST /v1/chat/completions"),
         ("GET", "/openaix/v1/models", "GET /openai/v1/models"),
+        ("POST", "/anthropic/v1/message", "POST /anthropic/v1/messages"),
+        ("POST", "/anthropic/v1/count_tokens", "POST /anthropic/v1/messages/count_tokens"),
     ],
 )
 def test_closest_names_what_was_meant_in_the_clients_terms(

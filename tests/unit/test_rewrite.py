@@ -36,6 +36,8 @@ from proxy.rewrite import (
         ),
         (b"/api/projects/p/openai/v1/responses", b"", "/api/projects/p/openai/v1/responses", True),
         (b"/v1/files/file-abc%20def", b"", "/openai/v1/files/file-abc%20def", False),
+        # Claude: Anthropic(base_url=proxy/anthropic); the token is for https://ai.azure.com.
+        (b"/anthropic/v1/messages", b"beta=true", "/anthropic/v1/messages?beta=true", True),
     ],
 )
 def test_mapping(raw: bytes, query: bytes, expected: str, projects: bool) -> None:
@@ -73,6 +75,9 @@ def test_mapping(raw: bytes, query: bytes, expected: str, projects: bool) -> Non
         (b"/v1/\xc3\xa9", 400),
         (b"/v1/a#b", 400),
         (b"/v1/models/", 400),
+        (b"/anthropic", 404),
+        (b"/anthropic/v1/%2e%2e/x", 400),
+        (b"/anthropic/../openai/v1/files", 400),
     ],
 )
 def test_rejections(raw: bytes, status: int) -> None:
@@ -87,7 +92,7 @@ def test_query_with_illegal_bytes_is_rejected() -> None:
             map_target(b"/v1/models", query)
 
 
-_PREFIXES = ("/openai/v1/", "/openai/", "/models/", "/api/projects/")
+_PREFIXES = ("/openai/v1/", "/openai/", "/models/", "/api/projects/", "/anthropic/")
 _DOT_OR_SLASH_ESCAPE = re.compile(r"%(2[eEfF5]|5[cC])")
 
 
@@ -111,7 +116,7 @@ def test_no_target_ever_escapes_the_route_families(raw: bytes, query: bytes) -> 
 
 
 @given(
-    st.sampled_from([b"/v1/", b"/openai/", b"/models/", b"/api/projects/"]),
+    st.sampled_from([b"/v1/", b"/openai/", b"/models/", b"/api/projects/", b"/anthropic/"]),
     st.text("abc./%2eEfF5cC", max_size=30),
 )
 def test_dot_and_escape_combinations(prefix: bytes, tail: str) -> None:
@@ -143,6 +148,8 @@ _names = st.sampled_from(
         b"transfer-encoding",
         b"keep-alive",
         b"ocp-apim-subscription-key",
+        b"x-api-key",
+        b"anthropic-version",
     ]
 )
 _values = st.sampled_from([b"1", b"x-custom", b"close, x-custom", b"keep-alive", b"gzip"])
@@ -180,6 +187,7 @@ def test_request_headers_never_carry_credentials_or_hop_by_hop(
         b"cookie",
         b"proxy-authorization",
         b"ocp-apim-subscription-key",
+        b"x-api-key",
         b"content-length",
     }
     assert not any(n.startswith(b"x-forwarded-") for n in names)
@@ -207,6 +215,21 @@ def test_request_headers_report_what_the_proxy_checks() -> None:
         request_headers([(b"content-length", b"-1")])
     with pytest.raises(BadTarget):
         request_headers([(b"x-bad", b"\xff\xfe")])
+
+
+def test_anthropic_headers_pass_and_its_key_is_a_presented_key() -> None:
+    inbound = request_headers(
+        [
+            (b"host", b"127.0.0.1:8787"),
+            (b"x-api-key", b"local-key"),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"anthropic-beta", b"prompt-caching-2024-07-31"),
+        ]
+    )
+    assert inbound.presented == ["local-key"]
+    assert ("anthropic-version", "2023-06-01") in inbound.headers
+    assert ("anthropic-beta", "prompt-caching-2024-07-31") in inbound.headers
+    assert not any(name == "x-api-key" for name, _ in inbound.headers)
 
 
 def test_bodyless_statuses_lose_content_length() -> None:

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.usage import Usage, from_json, from_stream_tail
+from proxy.usage import Usage, from_anthropic_stream, from_json, from_stream_tail
 
 
 def test_chat_completion_json() -> None:
@@ -58,8 +58,99 @@ def test_no_usage_or_garbage_gives_none() -> None:
     assert from_stream_tail(b"data: [DONE]\n\n") is None
 
 
+_CLAUDE_USAGE = {
+    "input_tokens": 12,
+    "cache_creation_input_tokens": 100,
+    "cache_read_input_tokens": 2000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 0},
+    "output_tokens": 7,
+    "service_tier": "standard",
+}
+
+
+def test_claude_message_json_counts_the_prompt_cache_as_prompt() -> None:
+    message = {
+        "model": "claude-sonnet-4-5",
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": 'a "usage" and a "model" in the text'}],
+        "stop_reason": "end_turn",
+        "usage": _CLAUDE_USAGE,
+    }
+    assert from_json(json.dumps(message).encode()) == Usage(
+        "claude-sonnet-4-5", 2112, 7, 2119, cache_read=2000, cache_creation=100
+    )
+    # count_tokens answers carry no usage: counting is not consumption.
+    assert from_json(b'{"input_tokens": 42}') is None
+
+
+def _sse(name: str, data: dict[str, object]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _claude_stream(deltas: int, final_usage: dict[str, object]) -> bytes:
+    start_usage = dict(_CLAUDE_USAGE, output_tokens=1)
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": []}
+    out = _sse(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {**message, "model": "claude-haiku-4-5", "usage": start_usage},
+        },
+    )
+    out += _sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    for i in range(deltas):
+        out += _sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": f'tok{i} "usage" '},
+            },
+        )
+    out += _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    out += _sse(
+        "message_delta",
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": final_usage},
+    )
+    return out + _sse("message_stop", {"type": "message_stop"})
+
+
+def test_claude_stream_takes_input_from_message_start_and_output_from_message_delta() -> None:
+    stream = _claude_stream(500, {"output_tokens": 501})
+    head, tail = stream[:4096], stream[-4096:]
+    assert b'"message_start"' not in tail  # a long stream: the tail alone would not do
+    assert from_anthropic_stream(head, tail) == Usage(
+        "claude-haiku-4-5", 2112, 501, 2613, cache_read=2000, cache_creation=100
+    )
+    # Newer API versions repeat the input counts in message_delta (cumulative; null kept out).
+    newer = {"input_tokens": 15, "cache_read_input_tokens": None, "output_tokens": 9}
+    short = _claude_stream(2, newer)
+    assert from_anthropic_stream(short, short) == Usage(
+        "claude-haiku-4-5", 2115, 9, 2124, cache_read=2000, cache_creation=100
+    )
+
+
+def test_claude_stream_cut_short_or_without_usage() -> None:
+    stream = _claude_stream(3, {"output_tokens": 4})
+    cut = stream[: stream.index(b"event: message_delta")]
+    assert from_anthropic_stream(cut, cut) == Usage(
+        "claude-haiku-4-5", 2112, 1, 2113, cache_read=2000, cache_creation=100
+    )
+    delta_only = stream[stream.index(b"event: message_delta") :]
+    assert from_anthropic_stream(b"", delta_only) == Usage("", 0, 4, 4)
+    assert from_anthropic_stream(b"", b"") is None
+    error = _sse("error", {"type": "error", "error": {"type": "overloaded_error"}})
+    assert from_anthropic_stream(error, error) is None
+
+
 @given(st.binary(max_size=2000))
 def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
     from_json(raw)
     from_json(b'{"usage": ' + raw)
     from_stream_tail(b"data: " + raw)
+    from_anthropic_stream(b'data: {"type": "message_start", ' + raw, b"data: " + raw)

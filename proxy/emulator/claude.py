@@ -1,0 +1,126 @@
+"""Emulated Claude on Foundry: the Anthropic Messages API's answers and stream events.
+
+Foundry serves Claude at ``/anthropic/v1/messages`` and ``/anthropic/v1/messages/count_tokens``
+in Anthropic's own wire format (docs/claude.md). The shapes here are Anthropic's public API
+reference: a ``message`` object with ``content`` blocks and ``usage``; a stream of named events
+(``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``...,
+``content_block_stop``, ``message_delta`` with the final usage, ``message_stop``); errors as
+``{"type": "error", "error": {"type", "message"}}``. Pure functions: foundry.py serves them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from proxy.emulator.content import emulated_model, token_pieces
+
+
+def error(kind: str, message: str) -> dict[str, Any]:
+    """Anthropic's error body (``kind``: invalid_request_error, not_found_error, ...)."""
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def problem(payload: object, counting: bool) -> str | None:
+    """What Anthropic would refuse in a request body with 400 invalid_request_error; None when
+    it is well formed. ``counting``: count_tokens, which takes no max_tokens."""
+    if not isinstance(payload, dict):
+        return "The request body is not a JSON object."
+    if not isinstance(payload.get("model"), str) or not payload["model"]:
+        return "model: Field required"
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: Field required"
+    if not counting:
+        tokens = payload.get("max_tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+            return "max_tokens: Field required (a positive integer)"
+    return None
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """All the text a request gives the model: system prompt and every message."""
+    parts: list[str] = []
+    system = payload.get("system")
+    for source in ([{"content": system}] if system else []) + list(payload["messages"]):
+        content = source.get("content") if isinstance(source, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [str(b.get("text", "")) for b in content if isinstance(b, dict)]
+    return " ".join(parts)
+
+
+def input_tokens(payload: dict[str, Any]) -> int:
+    """The emulated count: a word is a token, as in the emulator's OpenAI answers."""
+    return max(1, len(prompt_text(payload).split()))
+
+
+def model_of(payload: dict[str, Any]) -> str:
+    return emulated_model(payload["model"])
+
+
+def answer(payload: dict[str, Any], text: str) -> tuple[list[str], str]:
+    """The streamed pieces of ``text`` that fit in max_tokens, and the stop reason."""
+    pieces = token_pieces(text)
+    limit = payload["max_tokens"]
+    if len(pieces) > limit:
+        return pieces[:limit], "max_tokens"
+    return pieces, "end_turn"
+
+
+def _usage(prompt: int, output: int) -> dict[str, Any]:
+    return {
+        "input_tokens": prompt,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output,
+    }
+
+
+def message(payload: dict[str, Any], text: str) -> dict[str, Any]:
+    """The whole answer of a request without ``stream``."""
+    pieces, stop = answer(payload, text)
+    return {
+        "id": f"msg_emulated_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model_of(payload),
+        "content": [{"type": "text", "text": "".join(pieces)}],
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": _usage(input_tokens(payload), len(pieces)),
+    }
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+
+
+def events(payload: dict[str, Any], text: str) -> list[bytes]:
+    """The server-sent events of a streamed answer, in Anthropic's order."""
+    pieces, stop = answer(payload, text)
+    start = message(payload, "")
+    start.update(content=[], stop_reason=None, usage=_usage(input_tokens(payload), 1))
+    out = [
+        _event("message_start", {"message": start}),
+        _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        _event("ping", {}),
+    ]
+    out += [
+        _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}})
+        for p in pieces
+    ]
+    out += [
+        _event("content_block_stop", {"index": 0}),
+        _event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": len(pieces)},
+            },
+        ),
+        _event("message_stop", {}),
+    ]
+    return out

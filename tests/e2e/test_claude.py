@@ -1,0 +1,288 @@
+"""Claude through the proxy: the real anthropic SDK, base_url=<proxy>/anthropic, against the fake
+Foundry (the emulator's Messages API with a journal), the default policy and the demo."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+
+from proxy.credentials.claims import decode_claims
+from tests.e2e.stack import Stack
+from tests.e2e.test_demo import Demo
+from tests.fakes.foundry import Entry
+from tests.support.readiness import wait_until
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Hello Claude through the proxy"}]
+
+
+def claude(url: str, **kwargs: Any) -> anthropic.Anthropic:
+    """The SDK as its users write it: the proxy's /anthropic as base URL, any api_key."""
+    return anthropic.Anthropic(
+        base_url=url + "/anthropic", api_key="any-local-value", max_retries=0, **kwargs
+    )
+
+
+def _series(text: str, name: str, **labels: str) -> float:
+    """The one Prometheus sample called ``name`` whose labels include ``labels``; 0 if none."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    found = [
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(w in line for w in wanted)
+    ]
+    assert len(found) <= 1, found
+    return found[0] if found else 0.0
+
+
+def _access_lines(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith('{"time":')]
+
+
+def _sent_upstream(entry: Entry) -> None:
+    """The request as Foundry saw it: one bearer token for https://ai.azure.com, none of the
+    client's credentials, Anthropic's headers as the SDK sent them."""
+    auth = entry.header("authorization")
+    assert len(auth) == 1, entry.headers
+    claims = decode_claims(auth[0].removeprefix("Bearer "))
+    assert claims is not None
+    assert claims["aud"] == "https://ai.azure.com"
+    assert entry.auth == "ok"
+    assert entry.header("x-api-key") == []
+    assert entry.header("api-key") == []
+    assert "any-local-value" not in repr(entry.headers)
+    version = anthropic.Anthropic(api_key="x").default_headers["anthropic-version"]
+    assert entry.header("anthropic-version") == [version]
+
+
+def test_messages(stack: Stack) -> None:
+    client = claude(stack.url)
+    message = client.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=256,
+        messages=MESSAGES,
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31,context-1m-2025-08-07"},
+    )
+    assert message.model == "emulated-claude-sonnet-4-5"
+    assert message.content[0].type == "text"
+    assert message.content[0].text.endswith("You said: Hello Claude through the proxy")
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens == 5
+    assert message.usage.output_tokens == len(message.content[0].text.split(" "))
+    entry = stack.foundry.entries("/anthropic/v1/messages")[-1]
+    assert entry.raw_path == "/anthropic/v1/messages"
+    _sent_upstream(entry)
+    assert entry.header("anthropic-beta") == ["prompt-caching-2024-07-31,context-1m-2025-08-07"]
+
+
+def test_max_tokens_cuts_the_answer(stack: Stack) -> None:
+    message = claude(stack.url).messages.create(
+        model="claude-sonnet-4-5", max_tokens=1, messages=MESSAGES
+    )
+    assert message.stop_reason == "max_tokens"
+    assert message.usage.output_tokens == 1
+
+
+def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: Stack) -> None:
+    client = claude(stack.url)
+    delay = 0.5
+    arrivals: list[float] = []
+    kinds: list[str] = []
+    texts: list[str] = []
+    with client.messages.stream(
+        model="claude-sonnet-4-5",
+        max_tokens=64,
+        messages=MESSAGES,
+        extra_headers={"x-fake-chunks": "3", "x-fake-delay": str(delay)},
+    ) as stream:
+        for event in stream:
+            arrivals.append(time.monotonic())
+            kinds.append(event.type)
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                texts.append(event.delta.text)
+        final = stream.get_final_message()
+    entry = stack.foundry.entries("/anthropic/v1/messages")[-1]
+    # The client has message_stop a moment before the upstream has closed the stream.
+    assert wait_until(lambda: entry.completed, 5)
+    assert entry.ended is not None
+    _sent_upstream(entry)
+    assert texts == ["tok0 ", "tok1 ", "tok2"]
+    assert kinds[0] == "message_start"
+    assert kinds[-1] == "message_stop"
+    assert "message_delta" in kinds
+    assert final.usage.output_tokens == 3
+    # The first event reached the client while the upstream still had seconds of writing to
+    # do, and every event arrived soon after the upstream wrote it (nothing buffered). The SDK
+    # yields its own text events beside the wire's, so arrivals are matched by time, not index.
+    assert arrivals[0] < entry.ended - 3 * delay
+    for sent, data in zip(entry.events, entry.written, strict=True):
+        if not data.startswith(b"event: ping"):  # the SDK keeps pings to itself
+            assert any(0 <= got - sent < 0.4 for got in arrivals), f"held back: {data!r}"
+
+
+def test_count_tokens_matches_the_messages_usage(stack: Stack) -> None:
+    client = claude(stack.url)
+    system = "You are terse."
+    counted = client.messages.count_tokens(
+        model="claude-sonnet-4-5", system=system, messages=MESSAGES
+    )
+    used = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=8, system=system, messages=MESSAGES
+    )
+    assert counted.input_tokens == used.usage.input_tokens == 8
+    entry = stack.foundry.entries("/anthropic/v1/messages/count_tokens")[-1]
+    _sent_upstream(entry)
+
+
+def test_a_bad_request_reaches_the_sdk_as_its_error(stack: Stack) -> None:
+    client = claude(stack.url)
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=0, messages=MESSAGES)
+    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+def test_usage_is_counted_in_metrics_and_the_access_log(fresh_stack: Stack) -> None:
+    s = fresh_stack
+    proxy = s.start_proxy()
+    client = claude(s.url)
+    plain = client.messages.create(model="claude-usage-json", max_tokens=64, messages=MESSAGES)
+    with client.messages.stream(
+        model="claude-usage-stream",
+        max_tokens=1000,
+        messages=MESSAGES,
+        extra_headers={"x-fake-chunks": "300", "x-fake-delay": "0"},
+    ) as stream:
+        streamed = stream.get_final_message()
+    client.messages.count_tokens(model="claude-usage-count", messages=MESSAGES)
+    assert wait_until(lambda: len(_access_lines(proxy.log)) >= 3, 5)
+    metrics = httpx2.get(s.url + "/metrics").text
+    tokens = "foundry_proxy_model_tokens_total"
+    for model, usage in (("json", plain.usage), ("stream", streamed.usage)):
+        name = f"emulated-claude-usage-{model}"
+        assert _series(metrics, tokens, model=name, kind="prompt") == usage.input_tokens
+        assert _series(metrics, tokens, model=name, kind="completion") == usage.output_tokens
+        assert (
+            _series(metrics, tokens, model=name, kind="total")
+            == usage.input_tokens + usage.output_tokens
+        )
+    # The stream's message_start (input) was far from its tail: 300 deltas came after it.
+    assert streamed.usage.output_tokens == 300
+    # Counting tokens is not using them.
+    assert "emulated-claude-usage-count" not in metrics
+    route = 'route="anthropic"'
+    assert _series(metrics, "foundry_proxy_requests_total", streamed="true") == 1
+    assert route in metrics
+    lines = {line["path"] + str(line["streamed"]): line for line in _access_lines(proxy.log)}
+    json_line = lines["/anthropic/v1/messagesFalse"]
+    assert json_line["route"] == "anthropic"
+    assert json_line["model"] == "emulated-claude-usage-json"
+    assert json_line["tokens"] == plain.usage.input_tokens + plain.usage.output_tokens
+    stream_line = lines["/anthropic/v1/messagesTrue"]
+    assert stream_line["model"] == "emulated-claude-usage-stream"
+    assert stream_line["tokens"] == streamed.usage.input_tokens + 300
+    count_line = lines["/anthropic/v1/messages/count_tokensFalse"]
+    assert count_line["status"] == 200
+    assert count_line.get("tokens") is None
+    # The model a count_tokens answer does not name is the request's.
+    assert count_line["model"] == "claude-usage-count"
+
+
+def test_a_rejected_token_is_refreshed_and_the_claude_call_replayed(fresh_stack: Stack) -> None:
+    s = fresh_stack
+    s.start_proxy()
+    client = claude(s.url)
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MESSAGES)
+    s.issuer.revoke_all()
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MESSAGES)
+    last_two = s.foundry.entries("/anthropic/v1/messages")[-2:]
+    assert [e.auth for e in last_two] == ["revoked", "ok"]
+    assert last_two[0].token_serial != last_two[1].token_serial
+    assert last_two[0].body_sha256 == last_two[1].body_sha256
+
+
+def test_tokens_roll_over_under_a_long_claude_stream(fresh_stack: Stack) -> None:
+    """A 3 s token under a stream of ~5 s and calls around it: the stream is not cut when its
+    token expires, and the calls after it go with a fresh token."""
+    s = fresh_stack
+    s.entra.token_lifetime = 3
+    s.start_proxy()
+    client = claude(s.url)
+    with client.messages.stream(
+        model="claude-sonnet-4-5",
+        max_tokens=64,
+        messages=MESSAGES,
+        extra_headers={"x-fake-chunks": "25", "x-fake-delay": "0.2"},
+    ) as stream:
+        for _ in stream:
+            # Calls beside the stream while it runs, as a Claude Code session makes them.
+            if len(s.foundry.entries("/anthropic/v1/messages")) < 6:
+                client.messages.count_tokens(model="claude-sonnet-4-5", messages=MESSAGES)
+        final = stream.get_final_message()
+    assert final.usage.output_tokens == 25
+    after = client.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MESSAGES)
+    assert after.stop_reason == "max_tokens"
+    entries = s.foundry.entries("/anthropic/")
+    assert [e.auth for e in entries if e.auth != "ok"] == []
+    assert entries[0].completed
+    assert len({e.token_serial for e in entries}) >= 2, "the token was not rolled over"
+
+
+@pytest.fixture(scope="module")
+def default_policy() -> Iterator[Stack]:
+    s = Stack()
+    del s.env["FOUNDRY_PROXY_POLICY"]  # the default policy, not the test stack's open one
+    try:
+        s.start_proxy()
+        yield s
+    finally:
+        log = s.close()
+        assert not s.leaks(log)
+
+
+def test_the_default_policy_serves_messages_and_count_tokens(default_policy: Stack) -> None:
+    client = claude(default_policy.url)
+    assert client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES).content
+    assert client.messages.count_tokens(model="claude-x", messages=MESSAGES).input_tokens == 5
+    # A typo'd operation: a 404 naming the one meant, not the policy's 403.
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.post("/v1/message", cast_to=object, body={"model": "claude-x"})
+    assert "did you mean POST /anthropic/v1/messages?" in str(missing.value)
+
+
+def test_the_sdk_without_anthropic_in_its_base_url_is_told_what_to_use(
+    default_policy: Stack,
+) -> None:
+    client = anthropic.Anthropic(base_url=default_policy.url, api_key="x", max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES)
+    assert f"base URL to {default_policy.url}/anthropic " in str(missing.value)
+
+
+def test_the_demo_serves_claude() -> None:
+    demo = Demo("--token-delay", "0.05")
+    try:
+        client = claude(demo.url)
+        message = client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=256, messages=MESSAGES
+        )
+        assert message.model == "emulated-claude-sonnet-4-5"
+        assert "You said: Hello Claude through the proxy" in message.content[0].text
+        texts = []
+        with client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=256, messages=MESSAGES
+        ) as stream:
+            texts = list(stream.text_stream)
+            final = stream.get_final_message()
+        assert "".join(texts) == message.content[0].text
+        assert final.usage.output_tokens == len(texts)
+        counted = client.messages.count_tokens(model="claude-sonnet-4-5", messages=MESSAGES)
+        assert counted.input_tokens == message.usage.input_tokens
+    finally:
+        demo.stop()
