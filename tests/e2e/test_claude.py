@@ -286,3 +286,34 @@ def test_the_demo_serves_claude() -> None:
         assert counted.input_tokens == message.usage.input_tokens
     finally:
         demo.stop()
+
+
+def test_claude_code_gateway_settings_with_an_inbound_key(fresh_stack: Stack) -> None:
+    """Claude Code's gateway settings (docs/claude.md) against a proxy that requires a key:
+    ANTHROPIC_AUTH_TOKEN arrives as Authorization: Bearer, ANTHROPIC_API_KEY as x-api-key;
+    both are checked and neither goes upstream. Its calls carry ?beta=true and anthropic-beta."""
+    s = fresh_stack
+    key = "local-inbound-key-for-claude-code"
+    s.env["FOUNDRY_PROXY_API_KEYS"] = key
+    s.start_proxy()
+    base = s.url + "/anthropic"
+    as_auth_token = anthropic.Anthropic(base_url=base, auth_token=key, api_key=None, max_retries=0)
+    as_api_key = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+    betas = "claude-code-20250219,interleaved-thinking-2025-05-14"
+    for client in (as_auth_token, as_api_key):
+        answer = client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=8,
+            messages=MESSAGES,
+            extra_query={"beta": "true"},
+            extra_headers={"anthropic-beta": betas},
+        )
+        assert answer.content
+        entry = s.foundry.entries("/anthropic/v1/messages")[-1]
+        _sent_upstream(entry)
+        assert entry.query == "beta=true"
+        assert entry.header("anthropic-beta") == [betas]
+        assert key not in repr(entry.headers)
+        assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=MESSAGES)
+    with pytest.raises(anthropic.AuthenticationError):
+        claude(s.url).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MESSAGES)
