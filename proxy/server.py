@@ -19,6 +19,7 @@ import inspect
 import logging
 import math
 import os
+import resource
 import signal
 import socket
 import threading
@@ -126,8 +127,60 @@ def open_listeners(host: str, port: int, uds: Path | None = None) -> Listeners:
     return Listeners(tcp, unix, uds)
 
 
+# File descriptors the proxy may need besides its connections and theirs upstream: listening
+# sockets, the token service's connections, log files, the event loop's own, idle upstream
+# connections kept after their clients left, connections being turned away.
+FD_HEADROOM = 256
+
+
+def open_files_wanted(max_connections: int) -> int:
+    """Descriptors for FOUNDRY_PROXY_MAX_CONNECTIONS connections: each and its upstream
+    connection, plus FD_HEADROOM."""
+    return 2 * max_connections + FD_HEADROOM
+
+
+def open_files_target(soft: int, hard: int, wanted: int) -> int:
+    """The soft RLIMIT_NOFILE to set: ``wanted`` as far as ``hard`` allows, never lower than
+    ``soft`` is already."""
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    return wanted if hard == resource.RLIM_INFINITY else max(soft, min(wanted, hard))
+
+
+def fit_open_files(settings: Settings) -> None:
+    """Raise this process's soft open-file limit to what FOUNDRY_PROXY_MAX_CONNECTIONS needs
+    (worker processes inherit it); warn when the hard limit does not allow it. With the usual
+    soft limit of 1024 the proxy could not even accept 1024 connections: accept() would fail
+    long before the connection cap answered anyone 503."""
+    wanted = open_files_wanted(settings.max_connections)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = open_files_target(soft, hard, wanted)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # macOS caps it below an unlimited hard limit
+            target = soft
+        else:
+            log.debug("open-file limit raised from %d to %d", soft, target)
+    if target < wanted:
+        log.warning(
+            "the open-file limit is %d (hard limit %s): FOUNDRY_PROXY_MAX_CONNECTIONS=%d needs "
+            "about %d, so connections will fail to be accepted before that cap answers 503. "
+            "Raise the hard limit (ulimit -Hn; LimitNOFILE= for systemd; --ulimit nofile= for "
+            "containers) or set FOUNDRY_PROXY_MAX_CONNECTIONS to %d or less",
+            target,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
+            settings.max_connections,
+            wanted,
+            max(1, (target - FD_HEADROOM) // 2),
+        )
+
+
 def proxy_config(app: Any, settings: Settings, **extra: Any) -> ProxyConfig:
-    """uvicorn's configuration for the proxy, from the settings."""
+    """uvicorn's configuration for the proxy, from the settings. Every way of starting the
+    proxy (one process, workers, the demo) comes through here, so this is also where the
+    process's open-file limit is fitted to the connection cap."""
+    fit_open_files(settings)
     config = ProxyConfig(
         app,
         head_timeout=settings.head_timeout,
