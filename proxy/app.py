@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.access import AccessLog
 from proxy.addresses import is_loopback_host
+from proxy.budget import BUDGET_KEY, BodyBudget, BudgetCollector
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.credentials.factory import TokenClients
 from proxy.forwarding import Forwarder, UpstreamConfig
@@ -95,8 +96,11 @@ def create_app(
     access = AccessLog(settings.access_log, credential.kind)
     forwarder = Forwarder(_upstream_config(settings, metrics, access), tokens, tls)
     realtime = RealtimeRelay(forwarder, settings.ws_max_message_bytes)
+    # Counted by the listener, which finds it in the lifespan state (budget.py).
+    body_budget = BodyBudget(settings.max_buffered_body_bytes)
     if metrics is not None:
         metrics.in_flight.set_function(lambda: forwarder.in_flight)
+        metrics.registry.register(BudgetCollector(body_budget))
 
     async def healthz(request: Request) -> JSONResponse:
         # Liveness never depends on Entra: restarting would throw away a still-valid token.
@@ -119,12 +123,12 @@ def create_app(
         return JSONResponse(body, status_code=503)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         await forwarder.start()
         tokens.start()
         access.start()
         try:
-            yield
+            yield {BUDGET_KEY: body_budget}
         finally:
             await forwarder.aclose()
             await tokens.aclose()

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive
 
+from proxy.budget import HeldBody
+
 # A client that leaves is noticed at most this much later than it leaves (see Watch).
 WATCH_AFTER = 0.05
 
@@ -68,11 +70,15 @@ class Watch:
 
 
 class Body:
-    """The request body: buffered when small (then it can be replayed), else streamed."""
+    """The request body: buffered when small (then it can be replayed), else streamed.
 
-    __slots__ = ("data", "gone", "length", "max_size", "prefix", "size", "too_large")
+    ``held`` counts the bytes held in memory against the body budget (budget.py): the listener
+    adds them as they arrive; a streamed body drops them as they go on upstream."""
 
-    def __init__(self, length: int | None, max_size: int) -> None:
+    __slots__ = ("data", "gone", "held", "length", "max_size", "prefix", "size", "too_large")
+
+    def __init__(self, length: int | None, max_size: int, held: HeldBody | None = None) -> None:
+        self.held = held
         self.data: bytes | None = None
         self.prefix: list[bytes] = []
         self.length = length
@@ -109,14 +115,20 @@ class Body:
 
     async def stream(self, receive: Receive, watch: Watch) -> AsyncIterator[bytes]:
         """The rest of a body too large to keep, as the client sends it."""
-        for chunk in self.prefix:
+        held = self.held
+        prefix, self.prefix = self.prefix, []
+        for chunk in prefix:
             yield chunk
-        self.prefix = []
+            if held is not None:
+                held.drop(len(chunk))
+        del prefix
         while True:
             message = await receive()
             chunk = self._take(message)
             if chunk:
                 yield chunk
+                if held is not None:
+                    held.drop(len(chunk))
             if not message.get("more_body", False):
                 watch.start()
                 return

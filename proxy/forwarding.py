@@ -26,6 +26,7 @@ from yarl import URL
 
 from proxy.access import AccessLog
 from proxy.addresses import host_of_authority, is_loopback_host
+from proxy.budget import HELD_KEY
 from proxy.credentials.provider import TokenProvider
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
@@ -322,7 +323,9 @@ class Forwarder:
         owner = asyncio.current_task()
         assert owner is not None
         watch = Watch(receive, owner)
-        body = Body(length, self._config.max_body_bytes)
+        # Counted against the body budget by the listener as it arrives (budget.py).
+        held = scope.get(HELD_KEY)
+        body = Body(length, self._config.max_body_bytes, held)
         slot = False
         try:
             await body.read_start(receive, self._config.replay_body_limit)
@@ -358,6 +361,8 @@ class Forwarder:
             raise
         finally:
             watch.stop()
+            if held is not None:
+                held.close()
             if slot:
                 self._slots.release()
             x.bytes_in = body.size  # Body counts what it read; no wrapper around receive

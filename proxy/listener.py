@@ -16,6 +16,9 @@ bounds"); ``ListenerLimits`` carries them, from the settings:
 - pipelined requests are parsed only ``max_pipelined`` ahead of the one being answered: past
   that, reading stops (uvicorn parsed every request of each read into memory), and a client
   that pipelines more than 16 KiB beyond it is served what was parsed, then closed;
+- request-body bytes held in memory beyond each request's first 16 KiB come out of one budget
+  per process (budget.py; FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES), counted here as the parser
+  hands them over: a request that finds it spent is answered 503 and closed;
 - trailer fields of a chunked body are dropped (RFC 9112 section 7.1.2 forbids merging them
   into the header section; uvicorn appended them to the request's headers) and bounded like
   a head;
@@ -42,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 from uvicorn import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from proxy.budget import BUDGET_KEY, HELD_KEY, BodyBudget, HeldBody
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -194,6 +199,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_left = 0  # bytes the client had not taken at the last send check
         self._cycle_transport: _CycleTransport | None = None
+        # The app's request-body budget, from the lifespan state (app.py); the body of the
+        # request being parsed, and those of requests not answered yet (pipelined).
+        budget = self.app_state.get(BUDGET_KEY)
+        self._budget = budget if isinstance(budget, BodyBudget) else None
+        self._held_body: HeldBody | None = None
+        self._held_bodies: list[tuple[RequestResponseCycle, HeldBody]] = []
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -241,6 +252,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._linger_timer.cancel()
             self._linger_timer = None
         self._held = b""
+        for _, held in self._held_bodies:
+            held.close()
+        self._held_bodies = []
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
@@ -389,6 +403,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # the newest parsed request ends the connection
 
     def on_response_complete(self) -> None:
+        if self._held_bodies:
+            self._release_answered()
         if self._lingering:
             self.server_state.total_requests += 1
             return
@@ -467,13 +483,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         self._body_left = 0
+        chunked = False
         for name, value in self.headers:
             if name == b"content-length":
                 self._body_left = int(value) if value.isdigit() else 0
-                break
+            elif name == b"transfer-encoding":
+                chunked = True
         cycle = self.cycle
         if cycle is not previous and cycle is not None:
             cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            self._held_body = None
+            if self._budget is not None and (self._body_left or chunked):
+                held = self._held_body = HeldBody(self._budget)
+                cycle.scope[HELD_KEY] = held  # type: ignore[literal-required]
+                self._held_bodies.append((cycle, held))
             if other_upgrade:
                 # Served as a plain request (Upgrade is hop-by-hop and not forwarded); bytes
                 # after the head are never read, so the connection must end with this response.
@@ -484,6 +507,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_bytes += len(body)
         self._chunk_empty = False
         self._trailer_bytes = 0
+        held = self._held_body
+        if held is not None and not self.cycle.response_complete and not held.add(len(body)):
+            self._over_budget()
+        if self._lingering:
+            return  # refused (over the budget, or a bad chunk earlier in this read): not kept
         super().on_body(body)
         if self.flow.read_paused:
             self._body_excused = True  # the app is not taking the body: not the client's fault
@@ -500,6 +528,38 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._chunk_empty = False
         self._stop_body_window()
         super().on_message_complete()
+
+    # -- the request-body budget ------------------------------------------------------------
+
+    def _over_budget(self) -> None:
+        budget = self._budget
+        assert budget is not None
+        self.limits.notices.warn(
+            "body-budget",
+            "request bodies held in memory reached %d bytes beyond their free parts: requests "
+            "needing more are answered 503 (FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES=%d)",
+            budget.used,
+            budget.limit,
+        )
+        self._refuse(
+            503,
+            "Service Unavailable",
+            "body_buffers_full",
+            f"foundry-proxy holds its limit of {budget.limit} bytes of request bodies "
+            "(FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES); retry shortly",
+            "retry-after: 1\r\n",
+        )
+
+    def _release_answered(self) -> None:
+        """Give back the budget of the bodies whose requests are answered (the forwarder gives
+        its own back as it ends; the app may not read a body at all)."""
+        waiting = []
+        for cycle, held in self._held_bodies:
+            if cycle.response_complete:
+                held.close()
+            else:
+                waiting.append((cycle, held))
+        self._held_bodies = waiting
 
     # -- the head deadline --------------------------------------------------------------------
 
@@ -612,19 +672,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # -- closing ------------------------------------------------------------------------------
 
-    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+    def _refuse(self, status: int, reason: str, code: str, message: str, extra: str = "") -> None:
         self._disarm()
         if self.transport.is_closing() or self._lingering:
             return
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
-            self.transport.write(_reply(status, reason, code, message))
+            self.transport.write(_reply(status, reason, code, message, extra))
         elif not cycle.response_started:
             # The request is with the app, which has not answered yet (a bad chunk in its
             # body, say): answer for it, and let it see a disconnect from now on.
             cycle.disconnected = True
             cycle.message_event.set()
-            self.transport.write(_reply(status, reason, code, message))
+            self.transport.write(_reply(status, reason, code, message, extra))
         self._close()
 
     def _close(self) -> None:

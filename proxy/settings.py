@@ -258,6 +258,12 @@ class Settings(BaseSettings):
     body_min_rate: Annotated[int, _env("FOUNDRY_PROXY_BODY_MIN_RATE"), Field(ge=0)] = 500
     # An answer the client takes nothing of for this long is abandoned (its slot freed).
     send_timeout: Annotated[float, _env("FOUNDRY_PROXY_SEND_TIMEOUT"), Field(gt=0, le=3600)] = 30.0
+    # Request-body bytes all requests together may hold in memory beyond each one's first
+    # 16 KiB (budget.py); a request needing more gets 503. 64 MiB: with ~100 MB for 1,000
+    # streams and 32 MiB of free parts at 2048 connections, the process stays inside 256Mi.
+    max_buffered_body_bytes: Annotated[
+        int, _env("FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES"), Field(ge=0)
+    ] = 64 * 2**20
     # A Unix domain socket to listen on as well (mode 0600): pod-local callers on a shared
     # volume, unreachable from the network and from other users.
     uds: Annotated[Path | None, _env("FOUNDRY_PROXY_UDS")] = None
