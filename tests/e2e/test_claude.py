@@ -124,7 +124,8 @@ def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: St
     assert arrivals[0] < entry.ended - 3 * delay
     for sent, data in zip(entry.events, entry.written, strict=True):
         if not data.startswith(b"event: ping"):  # the SDK keeps pings to itself
-            assert any(0 <= got - sent < 0.4 for got in arrivals), f"held back: {data!r}"
+            # The fake notes an event's time once its write returned: the client may be first.
+            assert any(-0.1 < got - sent < 0.4 for got in arrivals), f"held back: {data!r}"
 
 
 def test_count_tokens_matches_the_messages_usage(stack: Stack) -> None:
