@@ -24,12 +24,18 @@ class ProxyError(Exception):
     """Base of every error foundry-proxy raises on purpose."""
 
 
+def problem_list(problems: list[str], indent: str = "  ") -> str:
+    """Problems as they are shown to people, by the server and by `check` alike: one per
+    line, each a "- " item."""
+    return "\n".join(f"{indent}- {p}" for p in problems)
+
+
 class ConfigError(ProxyError):
     """The configuration is invalid; ``problems`` lists every problem found, one per entry."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__("invalid configuration:\n" + problem_list(problems))
 
 
 class CredentialError(ProxyError):

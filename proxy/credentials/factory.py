@@ -17,7 +17,8 @@ from proxy.credentials.client_credentials import (
     secret_file_auth,
 )
 from proxy.errors import ConfigError
-from proxy.settings import APP_KIND, NO_CREDENTIAL, Settings
+from proxy.settings import Settings
+from proxy.settings_credentials import NO_CREDENTIAL
 
 log = logging.getLogger("foundry_proxy.token")
 
@@ -79,13 +80,11 @@ def token_tls(settings: Settings, tls: ssl.SSLContext) -> ssl.SSLContext:
 
 
 def _explicit(settings: Settings) -> Settings:
-    if settings.credential != "auto":
-        return settings
-    given = settings.app_credentials_given()
-    if not given:
-        # Managed identity and the CLIs need an async probe: selection.resolve does it.
+    if settings.credential == "auto":
+        # The App Registration kinds are resolved with the settings; managed identity and the
+        # CLIs need an async probe, which selection.resolve does before this is called.
         raise ConfigError([NO_CREDENTIAL])
-    return settings.model_copy(update={"credential": APP_KIND[given[0]]})
+    return settings
 
 
 def credential_from_settings(settings: Settings, clients: TokenClients) -> Credential:

@@ -2,10 +2,11 @@
 
 The order is the one users know from azure-identity's DefaultAzureCredential, minus what a
 proxy has no use for: the App Registration kinds first (whatever the operator configured
-explicitly), then the platform's managed identity, then a developer's own CLI login. The
-answer is a Settings copy with the kind made explicit, so worker processes and later restarts
-of the refresher never probe again, plus one line per kind passed over, saying why (names of
-settings, never their values).
+explicitly; chosen when the settings are resolved, settings_credentials.py), then the
+platform's managed identity, then a developer's own CLI login, which need a look at the machine
+and are chosen here. The answer is the settings with the kind made explicit, so worker
+processes and later restarts of the refresher never probe again, plus one line per kind passed
+over, saying why (names of settings, never their values).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy.errors import ConfigError
-from proxy.settings import APP_KIND, NO_CREDENTIAL, Settings
+from proxy.settings import Settings
+from proxy.settings_credentials import NO_CREDENTIAL
+from proxy.settings_schema import CredentialChoice
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +38,10 @@ async def resolve(settings: Settings, imds_reachable: Callable[[], Awaitable[boo
         return Choice(settings)
     passed: list[str] = []
 
-    def chosen(kind: str) -> Choice:
-        return Choice(settings.model_copy(update={"credential": kind}), tuple(passed))
+    def chosen(kind: CredentialChoice) -> Choice:
+        return Choice(settings.with_detected_credential(kind), tuple(passed))
 
-    given = settings.app_credentials_given()
-    if given:
-        return chosen(APP_KIND[given[0]])
+    # Still auto once resolved: no App Registration credential is configured.
     passed.append(
         "client secret, certificate, workload identity: none of AZURE_CLIENT_SECRET, "
         "AZURE_CLIENT_SECRET_FILE, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE "
@@ -73,7 +74,9 @@ async def resolve(settings: Settings, imds_reachable: Callable[[], Awaitable[boo
     if shutil.which("azd"):
         return chosen("azd")
     passed.append("Azure Developer CLI: azd is not on PATH")
-    raise ConfigError([NO_CREDENTIAL, *(f"auto-detection: {p}" for p in passed)])
+    raise ConfigError(
+        [NO_CREDENTIAL, *settings.misspelt_names, *(f"auto-detection: {p}" for p in passed)]
+    )
 
 
 def _managed_identity(choice: Choice) -> Choice:

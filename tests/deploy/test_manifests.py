@@ -19,6 +19,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests")
 
+from proxy.errors import ConfigError  # noqa: E402
 from proxy.settings import env_names, load_settings  # noqa: E402
 from tests.support.processes import run  # noqa: E402
 
@@ -422,6 +423,19 @@ def test_the_proxy_accepts_the_manifest_settings(
                 env["FOUNDRY_PROXY_API_KEYS_FILE"] = str(keys_file)
             for key, value in env.items():
                 assert value is not None, f"{key}: valueFrom is not simulated here"
+                monkeypatch.setenv(key, value)
+            # The manifests carry config.example.env's placeholders, which the proxy refuses
+            # to start with; an operator replaces them with the resource's and app's own.
+            with pytest.raises(ConfigError) as refused:
+                load_settings()
+            assert "AZURE_CLIENT_ID: still the example's placeholder" in str(refused.value)
+            assert "FOUNDRY_PROXY_UPSTREAM: still the example's placeholder" in str(refused.value)
+            filled = {
+                "FOUNDRY_PROXY_UPSTREAM": "https://contoso-ai.openai.azure.com",
+                "AZURE_CLIENT_ID": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+                "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            }
+            for key, value in filled.items():
                 monkeypatch.setenv(key, value)
             settings = load_settings()
             assert settings.credential == "workload-identity"

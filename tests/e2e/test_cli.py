@@ -54,7 +54,7 @@ def test_auto_detection_that_finds_nothing_says_what_it_tried(tmp_path: Path) ->
     imds = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
     env = clean_environment() | {
-        "FOUNDRY_PROXY_UPSTREAM": "https://myresource.openai.azure.com",
+        "FOUNDRY_PROXY_UPSTREAM": "https://myres.openai.azure.com",
         "FOUNDRY_PROXY_IMDS_ENDPOINT": imds,
         "PATH": str(tmp_path),
     }

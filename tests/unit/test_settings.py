@@ -128,9 +128,14 @@ def test_environment_wins_over_env_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_settings_are_frozen() -> None:
-    s = Settings(**GOOD)  # type: ignore[arg-type]
+    s = load_settings(**GOOD)
     with pytest.raises(ValueError, match="frozen"):
         s.port = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        s.scope = "https://elsewhere.example/.default"  # type: ignore[misc]
+    # Only load_settings builds them: the derived values are not optional.
+    with pytest.raises(ValueError, match="inbound_key_values"):
+        Settings(**GOOD)  # type: ignore[arg-type]
 
 
 def test_every_setting_is_documented_in_the_example_file() -> None:
@@ -291,4 +296,7 @@ def test_d38_world_readable_secret_files_warn(tmp_path: Path) -> None:
     assert any("can be read by every user" in w for w in s.warnings())
     assert all(SECRET not in w for w in s.warnings())
     secret_file.chmod(0o600)
+    # Checked once, when the settings are loaded: a restart picks the new mode up.
+    assert any("can be read by every user" in w for w in s.warnings())
+    s = load_settings(**values | {"client_secret_file": str(secret_file)})
     assert not any("can be read by every user" in w for w in s.warnings())
