@@ -19,29 +19,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 
-from proxy.addresses import is_loopback_host
+from proxy.clouds import CLOUDS, DATA_PLANE_AUDIENCES
 from proxy.credentials.claims import decode_claims, scope_resource
 from proxy.credentials.factory import TokenClients, credential_from_settings
 from proxy.credentials.provider import fingerprint
 from proxy.credentials.selection import detect
-from proxy.errors import ConfigError, CredentialError
-from proxy.settings import CLOUDS, Settings, load_settings
+from proxy.errors import ConfigError, CredentialError, problem_list
+from proxy.settings import Settings, SettingsError, load_settings
+from proxy.settings_values import looks_like_secret_id
 
-KNOWN_HOSTS = re.compile(
-    r"\.(openai\.azure\.(com|us|cn)|services\.ai\.azure\.com|cognitiveservices\.azure\.(com|us|cn))$"
-)
-# Audiences the data plane accepts (azure-protocols.md section 5; sovereign clouds by suffix).
-DATA_PLANE_AUDIENCES = (
-    "https://cognitiveservices.azure.com",
-    "https://ai.azure.com",
-    "https://cognitiveservices.azure.us",
-    "https://cognitiveservices.azure.cn",
-)
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 ROLES_FIX = (
     "assign one of Cognitive Services OpenAI User, Cognitive Services User or Azure AI User to "
     "the app or identity on this resource (Access control (IAM) > Add role assignment); "
@@ -85,23 +74,41 @@ class Report:
         return step
 
 
-def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
-    try:
-        settings = load_settings(env_file)
-    except ConfigError as exc:
+def _settings_failure(exc: ConfigError, report: Report) -> None:
+    placeholders = exc.placeholders if isinstance(exc, SettingsError) else []
+    if placeholders:
         report.add(
             Step(
                 "settings",
                 "fail",
-                f"{len(exc.problems)} setting(s) missing or malformed",
-                cause="; ".join(exc.problems),
-                fix="set them in the environment or the env file (see config.example.env)",
-                details={"problems": exc.problems},
+                f"{len(placeholders)} setting(s) still hold config.example.env's placeholders",
+                cause=problem_list(placeholders),
+                fix="replace each with your own value (where to find it is on its line)",
+                details={"problems": placeholders},
             )
         )
+    others = [p for p in exc.problems if p not in placeholders]
+    if others:
+        report.add(
+            Step(
+                "settings",
+                "fail",
+                f"{len(others)} setting(s) missing or malformed",
+                cause=problem_list(others),
+                fix="set them in the environment or the env file (see config.example.env)",
+                details={"problems": others},
+            )
+        )
+
+
+def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
+    try:
+        settings = load_settings(env_file)
+    except ConfigError as exc:
+        _settings_failure(exc, report)
         return None
-    secret = settings.client_secret.get_secret_value().strip() if settings.client_secret else ""
-    if _GUID.match(secret):
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else ""
+    if looks_like_secret_id(secret):
         report.add(
             Step(
                 "settings",
@@ -113,7 +120,6 @@ def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
             )
         )
         return None
-    host = urlsplit(settings.upstream).hostname or ""
     details = {
         "upstream": settings.upstream,
         "tenant": settings.tenant_id,
@@ -121,16 +127,18 @@ def _check_settings(env_file: Path | None, report: Report) -> Settings | None:
         "authority": settings.authority_host,
         "scope": settings.scope,
     }
-    if not is_loopback_host(host) and not KNOWN_HOSTS.search(host):
+    # The proxy's own startup warnings (an unusual upstream host, a misspelt variable, a
+    # secret file others can read): the same rules, the same words.
+    notices = settings.warnings()
+    if notices:
         report.add(
             Step(
                 "settings",
                 "warn",
-                f"{host} is not a known Foundry / Azure OpenAI host name",
-                cause="expected <resource>.openai.azure.com, <resource>.services.ai.azure.com "
-                "or <resource>.cognitiveservices.azure.com",
-                fix="copy the endpoint from the resource's Keys and Endpoint page (origin only)",
-                details=details,
+                notices[0] if len(notices) == 1 else f"{len(notices)} warnings",
+                cause="" if len(notices) == 1 else problem_list(notices),
+                fix="the proxy logs the same warning(s) at startup; fix them unless intended",
+                details=details | {"warnings": notices},
             )
         )
     else:
@@ -143,7 +151,7 @@ def _credential_failure(exc: ConfigError) -> Step:
         "credential",
         "fail",
         exc.problems[0],
-        cause="; ".join(exc.problems[1:]),
+        cause=problem_list(exc.problems[1:]),
         fix="see the README section of the credential you mean to use",
         details={"problems": exc.problems},
     )
@@ -464,7 +472,11 @@ def render(report: Report) -> str:
     lines = []
     for step in report.steps:
         lines.append(f"{_MARKS[step.status]} {step.name}: {step.summary}")
-        if step.cause:
+        if "\n" in step.cause or step.cause.startswith("  - "):
+            # A list of problems, in the server's format (errors.problem_list).
+            lines.append("       cause:")
+            lines += [f"       {line}" for line in step.cause.splitlines()]
+        elif step.cause:
             lines.append(f"       cause: {step.cause}")
         if step.fix:
             lines.append(f"       fix:   {step.fix}")

@@ -276,3 +276,88 @@ def test_an_upstream_echoing_the_request_does_not_make_check_print_the_token(
     code, out = check(stack, tmp_path)  # check() itself asserts that no token is printed
     assert code == 1
     assert "you sent Bearer [token]" in out
+
+
+# --- the mistakes of a first setup (settings names, the example's placeholders) --------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.env"
+
+
+def test_the_example_copied_unchanged_fails_naming_each_placeholder(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """config.example.env with only the secret filled in: well-formed, and hopeless."""
+    env_file = tmp_path / "config.env"
+    env_file.write_text(
+        EXAMPLE.read_text(encoding="utf-8") + f"AZURE_CLIENT_SECRET={stack.secret}\n",
+        encoding="utf-8",
+    )
+    result = run_proxy(["check", "--env-file", str(env_file)], clean_environment())
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert not stack.leaks(out)
+    assert "[FAIL] settings: 3 setting(s) still hold config.example.env's placeholders" in out
+    lines = out.splitlines()
+    for name, what in (
+        ("FOUNDRY_PROXY_UPSTREAM", "the resource name myresource"),
+        ("AZURE_TENANT_ID", "the nil GUID"),
+        ("AZURE_CLIENT_ID", "the nil GUID"),
+    ):
+        assert any(
+            line.startswith(f"         - {name}: still the example's placeholder ({what})")
+            for line in lines
+        ), out
+    assert "all settings present and well-formed" not in out
+    assert stack.entra.calls == []
+
+
+def test_settings_problems_are_listed_one_per_line_as_the_server_lists_them(
+    stack: Stack, tmp_path: Path
+) -> None:
+    bad = {
+        "AZURE_TENANT_ID": "common",
+        "AZURE_CLIENT_ID": "not-a-guid",
+        "FOUNDRY_PROXY_UPSTREAM": "http://myres.openai.azure.com",
+    }
+    code, out = check(stack, tmp_path, **bad)
+    assert code == 1
+    assert "; " not in out.split("cause:", 1)[1].split("fix:", 1)[0]
+    listed = [line.strip() for line in out.splitlines() if line.startswith("         - ")]
+    assert len(listed) == 3
+    server = run_proxy(["--env-file", str(tmp_path / "check.env")], clean_environment())
+    assert server.returncode == 2
+    assert [line.strip() for line in server.stderr.splitlines() if line.startswith("  - ")] == (
+        listed
+    )
+
+
+def test_a_misspelt_name_in_the_env_file_fails_the_settings_step(
+    stack: Stack, tmp_path: Path
+) -> None:
+    values = {k: stack.env[k] for k in KEYS if k != "AZURE_CLIENT_SECRET"}
+    env_file = tmp_path / "check.env"
+    env_file.write_text(
+        "".join(f"{k}={v}\n" for k, v in values.items()) + f"AZURE_CLIENT_SECERT={stack.secret}\n"
+    )
+    result = run_proxy(["check", "--env-file", str(env_file)], clean_environment())
+    out = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert not stack.leaks(out)
+    assert f"- AZURE_CLIENT_SECERT: unknown setting in {env_file} (did you mean " in out
+    assert "AZURE_CLIENT_SECRET?)" in out
+    assert "auto-detection" not in out
+
+
+def test_a_misspelt_name_in_the_environment_is_a_warning(stack: Stack, tmp_path: Path) -> None:
+    env_file = tmp_path / "check.env"
+    env_file.write_text("".join(f"{k}={stack.env[k]}\n" for k in KEYS))
+    environment = clean_environment() | {"AZURE_TENNANT_ID": "x", "AZURE_SUBSCRIPTION_ID": "x"}
+    result = run_proxy(["check", "--env-file", str(env_file)], environment)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert (
+        "[warn] settings: AZURE_TENNANT_ID is set in the environment but is not a setting "
+        "foundry-proxy reads: did you mean AZURE_TENANT_ID?"
+    ) in out
+    assert "AZURE_SUBSCRIPTION_ID" not in out
+    assert "[ ok ] data plane:" in out
