@@ -24,6 +24,7 @@ from tests.fakes.entra import FakeEntra
 from tests.fakes.foundry import FakeFoundry
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.chat import CHAT, CHAT_PATH
 from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.processes import Child, run
 from tests.support.readiness import wait_for_status
@@ -164,13 +165,12 @@ def chat_load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str
     ok = 0
     lock = threading.Lock()
     stop = time.monotonic() + seconds
-    chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
     def worker() -> None:
         nonlocal ok
         with httpx2.Client(timeout=10) as client:
             while time.monotonic() < stop:
-                r = client.post(url + "/v1/chat/completions", json=chat)
+                r = client.post(url + CHAT_PATH, json=CHAT)
                 with lock:
                     if r.status_code == 200:
                         ok += 1

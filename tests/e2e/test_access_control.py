@@ -14,12 +14,12 @@ import pytest
 
 from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.support import processes
+from tests.support.chat import CHAT
 
 pytestmark = pytest.mark.e2e
 
 KEY = "CANARY-SECRET-inbound-key-0123456789"
 OTHER_KEY = "CANARY-SECRET-second-key-9876543210"
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_d40_inbound_keys_are_required_compared_and_stripped(

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.stack import Stack, clean_environment
+from tests.fakes.rawsock import request
 from tests.support.processes import Child
 
 pytestmark = pytest.mark.e2e
@@ -65,8 +66,7 @@ class Dialer:
         """Send GET ``path`` on the connection made to ``name``; the whole answer."""
         sock = self.connected[name]
         sock.settimeout(60)  # a worker may still be starting; the kernel holds the connection
-        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        sock.sendall(head.encode())
+        sock.sendall(request(f"GET {path} HTTP/1.1", "Connection: close"))
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.stack import clean_environment, run_proxy
+from tests.fakes.rawsock import request
 from tests.support.processes import Child
 from tests.support.readiness import wait_for_status
 
@@ -108,7 +109,7 @@ def test_demo_runs_the_production_listener(demo: Demo) -> None:
     hand it to the app)."""
     port = int(demo.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        sock.sendall(request("GET http://example.com/v1/models HTTP/1.1", host="example.com"))
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
 

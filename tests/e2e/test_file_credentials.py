@@ -11,11 +11,10 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.support.chat import CHAT
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _workload_identity(s: Stack, tmp_path: Path, presented: str, accepted: str) -> None:

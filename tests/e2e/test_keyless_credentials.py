@@ -20,6 +20,7 @@ from tests.fakes.cli import CliName, install_fake_cli, read_calls, write_control
 from tests.fakes.egress import ForwardProxy
 from tests.fakes.identity import SYSTEM_CLIENT_ID, FakeAppServiceIdentity, FakeImds
 from tests.fakes.serve import ServerThread
+from tests.support.chat import CHAT
 from tests.support.identities import TENANT
 from tests.support.readiness import wait_for_status, wait_until
 
@@ -240,7 +241,7 @@ def test_cli_not_logged_in_tells_the_user_to_log_in(fresh_stack: Stack, tmp_path
     assert "az login" in ready["fix"]
     reply = httpx2.post(
         s.url + "/v1/chat/completions",
-        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+        json=CHAT,
     )
     assert reply.status_code == 503
     assert "az login" in reply.text

@@ -14,10 +14,10 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.fakes.rawsock import request
+from tests.support.chat import CHAT, CHAT_PATH
 
 pytestmark = pytest.mark.e2e
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _connect(s: Stack) -> socket.socket:
@@ -77,10 +77,9 @@ def test_g64_slowloris_is_cut_off_and_real_traffic_goes_on(fresh_stack: Stack) -
 
 def test_a9_an_oversized_request_head_gets_431(stack: Stack) -> None:
     sock = _connect(stack)
-    head = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    filler = b"".join(b"X-Fill-%d: %s\r\n" % (i, b"a" * 1000) for i in range(100))
+    filler = (f"X-Fill-{i}: {'a' * 1000}" for i in range(100))
     with contextlib.suppress(OSError):  # the proxy may close before reading it all
-        sock.sendall(head + filler + b"\r\n")
+        sock.sendall(request("GET /v1/models HTTP/1.1", *filler))
     answer = _read_all(sock)
     sock.close()
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
@@ -90,10 +89,11 @@ def test_a9_an_oversized_request_head_gets_431(stack: Stack) -> None:
 
 def test_a1_content_length_with_transfer_encoding_is_refused_and_closed(stack: Stack) -> None:
     before = len(stack.foundry.journal)
-    smuggled = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 6\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-        b"GET /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    smuggled = request(
+        f"POST {CHAT_PATH} HTTP/1.1",
+        "Content-Length: 6",
+        "Transfer-Encoding: chunked",
+        body=b"0\r\n\r\n" + request("GET /v1/files HTTP/1.1"),
     )
     sock = _connect(stack)
     sock.sendall(smuggled)

@@ -15,11 +15,11 @@ import pytest
 
 from tests.e2e.stack import Stack, chat_load
 from tests.fakes.entra import Answer, entra_error
+from tests.support.chat import CHAT
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 OUTAGE = Answer(503, {"error": "temporarily_unavailable", "error_description": "AADSTS90033: busy"})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -11,32 +10,27 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.fakes.rawsock import json_post
 from tests.fakes.serve import bind_loopback
+from tests.support.chat import CHAT, CHAT_PATH, chat_body
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
-STREAM = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+STREAM = CHAT | {"stream": True}
 
 
-def _open_stream(stack: Stack, steering: bytes) -> socket.socket:
+def _open_stream(stack: Stack, steering: dict[str, str]) -> socket.socket:
     """A raw-socket streaming chat request, so the test decides exactly when the client leaves."""
     assert stack.proxy is not None
-    body = json.dumps(STREAM).encode()
     sock = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=5)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\n"
-        + steering
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    sock.sendall(json_post(CHAT_PATH, chat_body(stream=True), steering))
     return sock
 
 
 def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
     """G61: the upstream sees the close within a second of the client leaving."""
-    sock = _open_stream(stack, b"x-fake-chunks: 500\r\nx-fake-delay: 0.1\r\n")
+    sock = _open_stream(stack, {"x-fake-chunks": "500", "x-fake-delay": "0.1"})
     received = b""
     while received.count(b"data: ") < 3:
         received += sock.recv(65536)
@@ -52,7 +46,7 @@ def test_client_disconnect_mid_stream_closes_upstream(stack: Stack) -> None:
 
 def test_client_disconnect_while_waiting_for_headers(stack: Stack) -> None:
     """G61: a client that gives up before the first byte also frees the upstream request."""
-    sock = _open_stream(stack, b"x-fake-first-delay: 3\r\n")
+    sock = _open_stream(stack, {"x-fake-first-delay": "3"})
     assert wait_until(lambda: stack.foundry.entries("/chat/completions")[-1].started > 0, 2)
     entry = stack.foundry.entries("/chat/completions")[-1]
     time.sleep(0.3)

@@ -1,4 +1,5 @@
-"""A raw-socket HTTP/1.1 client for malformed-input tests: writes exact bytes, reads bounded.
+"""A raw-socket HTTP/1.1 client for tests that decide every byte: builds a request exactly as
+given (malformed ones included), writes it, reads bounded.
 
 Writing and reading are interleaved (``select``), so an answer the server sends before it has
 read everything (a 413, a 431, a 400 and close) is captured rather than lost to the reset that
@@ -12,7 +13,40 @@ import contextlib
 import select
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("latin-1")
+
+
+def request(
+    line: str | bytes,
+    *headers: str | bytes,
+    body: bytes = b"",
+    host: str | bytes | None = "127.0.0.1",
+) -> bytes:
+    """One request, byte for byte as given: ``line`` (the request line, "GET / HTTP/1.1"), then
+    ``Host: host`` unless ``host`` is None, then each of ``headers``, then the empty line and
+    ``body``. Each line gets a CRLF and nothing else is checked or added, so a malformed line
+    goes out as written. Text is encoded as Latin-1 (one byte per character).
+    """
+    lines = [_bytes(line), *([b"Host: " + _bytes(host)] if host is not None else [])]
+    lines += [_bytes(h) for h in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def json_post(path: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+    """A well-formed POST of ``body`` to ``path`` as JSON, framed by its Content-Length, with
+    ``headers`` (the fake Foundry's steering fields, a test id) after the Content-Type."""
+    return request(
+        f"POST {path} HTTP/1.1",
+        "Content-Type: application/json",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        f"Content-Length: {len(body)}",
+        body=body,
+    )
 
 
 @dataclass

@@ -22,12 +22,12 @@ import pytest
 
 from tests.e2e.stack import Stack, openai_client
 from tests.fakes.faultproxy import FaultProxy, RawServer
+from tests.support.chat import CHAT
 from tests.support.procfs import rss_kb
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**CHAT, "stream": True}
 K = 5  # events the client gets before a fault: prompt filter, role, tok0, tok1, tok2
 BROKEN = (httpx2.RemoteProtocolError, httpx2.ReadError)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import resource
 import socket
 import struct
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.e2e.stack import Stack
+from tests.fakes.rawsock import json_post
+from tests.support.chat import chat_body
 from tests.support.identities import CLIENT_ID, TENANT
 
 # Process measurements live in tests/support/procfs.py; these names stay importable from here.
@@ -31,27 +32,6 @@ COGNITIVE = "https://cognitiveservices.azure.com"
 # The fake streams N tokens as N + 4 SSE events: prompt filter results, role, N tokens, stop,
 # [DONE] (tests/e2e/test_upstream_faults.py::test_stream_bytes_are_unchanged).
 EXTRA_EVENTS = 4
-
-
-def chat_body(stream: bool = True) -> bytes:
-    return json.dumps(
-        {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    ).encode()
-
-
-def request_bytes(
-    path: str,
-    body: bytes,
-    headers: dict[str, str] | None = None,
-) -> bytes:
-    head = [
-        f"POST {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 def direct_token(s: Stack) -> str:
@@ -193,7 +173,7 @@ async def stream_once(
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             ex.sent = time.monotonic()
-            writer.write(request_bytes(path, chat_body() if body is None else body, headers))
+            writer.write(json_post(path, chat_body(stream=True) if body is None else body, headers))
             chunked = await read_head(reader, ex)
             if chunked:
                 await read_events(reader, ex, keep_body=keep_body)

@@ -16,25 +16,23 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.fakes.rawsock import json_post, request
 from tests.load._support import (
     EXTRA_EVENTS,
     Exchange,
-    chat_body,
     close_writer,
     ms,
     pct,
     read_events,
     read_head,
-    request_bytes,
     set_rst_on_close,
     stream_once,
 )
+from tests.support.chat import CHAT_PATH, chat_body
 from tests.support.procfs import fd_count, rss_kb, settle_fds
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
-
-CHAT_PATH = "/v1/chat/completions"
 
 
 def _in_flight_upstream(s: Stack) -> int:
@@ -89,7 +87,7 @@ async def _abort_one(port: int, plan: Abort, rng: random.Random) -> None:
     try:
         async with asyncio.timeout(15):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request_bytes(CHAT_PATH, chat_body(), headers))
+            writer.write(json_post(CHAT_PATH, chat_body(stream=True), headers))
             await writer.drain()
             if plan.kind == "before-head":
                 await asyncio.sleep(rng.uniform(0.0, 0.6))
@@ -204,10 +202,12 @@ def test_disconnect_during_upload(fresh_stack: Stack, size: int, cut_at: int) ->
     _normal_requests_work(s)
     fds_before = fd_count(pid)
     journal_before = len(s.foundry.journal)
-    head = (
-        f"POST {CHAT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: chunked\r\nx-test-id: g62-upload\r\n\r\n"
-    ).encode()
+    head = request(
+        f"POST {CHAT_PATH} HTTP/1.1",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+        "x-test-id: g62-upload",
+    )
     piece = b"x" * 16384
     sent = 0
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
@@ -246,7 +246,7 @@ def test_disconnect_while_waiting_for_a_token(fresh_stack: Stack) -> None:
     proxy = s.start_proxy(ready=False)
     assert len(s.foundry.journal) == 0
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(request_bytes(CHAT_PATH, chat_body(), {"x-test-id": "g62-token-wait"}))
+        sock.sendall(json_post(CHAT_PATH, chat_body(stream=True), {"x-test-id": "g62-token-wait"}))
         time.sleep(0.5)
         assert s.entra.calls, "the proxy is not fetching a token"
         assert s.foundry.journal == []
@@ -280,7 +280,7 @@ def test_slow_reader_backpressure(fresh_stack: Stack) -> None:
     samples: list[tuple[float, int, int]] = []  # (t, client bytes, upstream bytes)
     got = 0
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(request_bytes(CHAT_PATH, chat_body(), headers))
+        sock.sendall(json_post(CHAT_PATH, chat_body(stream=True), headers))
         start = time.monotonic()
         while time.monotonic() - start < READ_FOR:
             data = sock.recv(16384)

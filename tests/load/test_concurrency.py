@@ -35,13 +35,12 @@ from tests.load._support import (
     result_of,
     stream_once,
 )
+from tests.support.chat import CHAT_PATH, UPSTREAM_CHAT_PATH
 from tests.support.processes import run
 from tests.support.procfs import RssSampler, cpu_seconds, fd_count, peak_rss_kb, rss_kb
 
 pytestmark = pytest.mark.e2e
 
-PROXY_PATH = "/v1/chat/completions"
-DIRECT_PATH = "/openai/v1/chat/completions"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -161,16 +160,16 @@ def test_concurrent_sse_streams(fresh_stack: Stack, streams: int, tokens: int) -
     direct_headers = steering | {"Authorization": "Bearer " + direct_token(s)}
     upstream = s.foundry_server.port
     # Warm both paths (token cached, code paths hot) before measuring.
-    _drive(upstream, DIRECT_PATH, "warm-d", 10, direct_headers)
-    _drive(proxy.port, PROXY_PATH, "warm-p", 10, steering)
+    _drive(upstream, UPSTREAM_CHAT_PATH, "warm-d", 10, direct_headers)
+    _drive(proxy.port, CHAT_PATH, "warm-p", 10, steering)
     fds_idle = fd_count(pid)
     rss_idle = rss_kb(pid)
     t0 = time.monotonic()
-    direct = _drive(upstream, DIRECT_PATH, "d", streams, direct_headers)
+    direct = _drive(upstream, UPSTREAM_CHAT_PATH, "d", streams, direct_headers)
     t1 = time.monotonic()
     cpu_before, fake_cpu_before = cpu_seconds(pid), cpu_seconds(os.getpid())
     with RssSampler(pid) as sampler:
-        proxied = _drive(proxy.port, PROXY_PATH, "p", streams, steering)
+        proxied = _drive(proxy.port, CHAT_PATH, "p", streams, steering)
     t2 = time.monotonic()
     cpu = (cpu_seconds(pid) - cpu_before) / (t2 - t1)
     # The fake upstream is a thread of this process: when this is near 100 %, the fake (not
@@ -266,7 +265,7 @@ def test_sigterm_drains_in_flight_streams(fresh_stack: Stack) -> None:
     tags = [f"drain{i}" for i in range(DRAIN_STREAMS)]
 
     async def run() -> tuple[list[Exchange], float, float | None, int | None, float]:
-        clients = asyncio.ensure_future(_streams(proxy.port, PROXY_PATH, tags, steering, 30))
+        clients = asyncio.ensure_future(_streams(proxy.port, CHAT_PATH, tags, steering, 30))
         try:
             await _wait_streaming(s, "drain", DRAIN_STREAMS, 10)
             sigterm_at = time.monotonic()
@@ -322,7 +321,7 @@ def test_second_signal_exits_at_once(fresh_stack: Stack, second: signal.Signals)
     tags = [f"second{i}" for i in range(streams)]
 
     async def run() -> tuple[bool, float | None, int | None]:
-        clients = asyncio.ensure_future(_streams(proxy.port, PROXY_PATH, tags, steering, 30))
+        clients = asyncio.ensure_future(_streams(proxy.port, CHAT_PATH, tags, steering, 30))
         try:
             await _wait_streaming(s, "second", streams, 10)
             proxy.proc.send_signal(signal.SIGTERM)

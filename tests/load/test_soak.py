@@ -20,23 +20,19 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.fakes.rawsock import json_post
+from tests.support.chat import CHAT, CHAT_PATH, chat_body
 from tests.support.procfs import rss_kb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "soak"}]}
 
 
 def _abort_midway(url: str) -> None:
     """A streaming request whose client leaves after the first bytes (10 % of traffic)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
-        body = b'{"model":"m","stream":true,"messages":[]}'
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\nx-fake-chunks: 50\r\nx-fake-delay: 0.02\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+        steering = {"x-fake-chunks": "50", "x-fake-delay": "0.02"}
+        sock.sendall(json_post(CHAT_PATH, chat_body(stream=True), steering))
         sock.recv(512)
 
 
@@ -63,7 +59,7 @@ def test_h67_soak(fresh_stack: Stack) -> None:
                     with lock:
                         counts["aborted"] += 1
                     continue
-                path = "/v1/status/503" if roll < 0.11 else "/v1/chat/completions"
+                path = "/v1/status/503" if roll < 0.11 else CHAT_PATH
                 r = client.post(s.url + path, json=CHAT)
                 with lock:
                     if path.endswith("503") and r.status_code == 503:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import httpx2
 
+from tests.fakes.rawsock import request
 from tests.load._support import fd_count, rss_kb
-
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+from tests.support.chat import CHAT, CHAT_PATH
 
 
 def eventually(predicate: Callable[[], object], timeout: float = 5) -> bool:
@@ -229,7 +229,7 @@ async def _trickle_one(
     writer: asyncio.StreamWriter | None = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 20)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        writer.write(request("GET /healthz HTTP/1.1"))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
         if b" 503 " in head.split(b"\r\n", 1)[0]:
             result.refused += 1
@@ -338,10 +338,9 @@ def slow_bodies(
 ) -> SlowBodyResult:
     """``connections`` requests with a valid head announcing ``length`` body bytes, each then
     sending one byte every ``every`` seconds, for at most ``seconds``."""
-    head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-    ).encode()
+    head = request(
+        f"POST {CHAT_PATH} HTTP/1.1", "Content-Type: application/json", f"Content-Length: {length}"
+    )
     result = SlowBodyResult()
 
     async def main() -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
-from tests.fakes.rawsock import Exchange, exchange
+from tests.fakes.rawsock import Exchange, exchange, request
 from tests.security.support import (
     assert_clean_answer,
     assert_healthy,
@@ -28,11 +28,11 @@ from tests.security.support import (
     proxy_log_lines,
     unsafe_upstream_path,
 )
+from tests.support.chat import UPSTREAM_CHAT_PATH
 from tests.support.procfs import peak_rss_kb, rss_kb
 
 pytestmark = pytest.mark.e2e
 
-CHAT = "/openai/v1/chat/completions"
 MODELS = "/openai/v1/models"
 # The fake Foundry marks every answer it makes; the proxy's own answers lack this header.
 FROM_UPSTREAM = b"x-foundry-proxy-emulator"
@@ -70,24 +70,17 @@ def accepted(case_id: str, data: bytes, path: str, *statuses: int) -> Case:
     return Case(case_id, (data,), (frozenset(statuses or (200,)),), (path,), close=False)
 
 
-def req(
-    head: bytes, *headers: bytes, body: bytes = b"", host: bytes = b"Host: 127.0.0.1\r\n"
-) -> bytes:
-    """A request: ``head`` is the request line (CRLF added), then Host, headers, CRLF, body."""
-    return head + b"\r\n" + host + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
-
-
 POST_CHAT = b"POST /v1/chat/completions HTTP/1.1"
 GET_MODELS = b"GET /v1/models HTTP/1.1"
 CLOSE = b"Connection: close"
-SMUGGLED = b"GET /openai/files HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+SMUGGLED = request(b"GET /openai/files HTTP/1.1")
 CHUNKED_BODY = b"2\r\n{}\r\n0\r\n\r\n"
 
 CORPUS: list[Case] = [
     # -- A1: Content-Length with Transfer-Encoding (CL.TE / TE.CL) ------------------------------
     refused(
         "A1-cl-te-smuggle",
-        req(
+        request(
             POST_CHAT,
             b"Content-Length: 6",
             b"Transfer-Encoding: chunked",
@@ -97,7 +90,7 @@ CORPUS: list[Case] = [
     ),
     refused(
         "A1-te-cl-smuggle",
-        req(
+        request(
             POST_CHAT,
             b"Transfer-Encoding: chunked",
             b"Content-Length: 3",
@@ -107,13 +100,13 @@ CORPUS: list[Case] = [
     ),
     refused(
         "A1-cl0-te",
-        req(POST_CHAT, b"Content-Length: 0", b"Transfer-Encoding: chunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Content-Length: 0", b"Transfer-Encoding: chunked", body=CHUNKED_BODY),
         400,
     ),
     # -- A2: Transfer-Encoding variants ---------------------------------------------------------
     refused(
         "A2-te-twice",
-        req(
+        request(
             POST_CHAT,
             b"Transfer-Encoding: chunked",
             b"Transfer-Encoding: chunked",
@@ -124,38 +117,40 @@ CORPUS: list[Case] = [
     ),
     refused(
         "A2-te-chunked-then-x",
-        req(POST_CHAT, b"Transfer-Encoding: chunked", b"Transfer-Encoding: x", body=CHUNKED_BODY),
+        request(
+            POST_CHAT, b"Transfer-Encoding: chunked", b"Transfer-Encoding: x", body=CHUNKED_BODY
+        ),
         400,
         501,
     ),
     refused(
         "A2-te-gzip-chunked",
-        req(POST_CHAT, b"Transfer-Encoding: gzip, chunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding: gzip, chunked", body=CHUNKED_BODY),
         400,
         501,
         close=False,
     ),
     refused(
         "A2-te-chunked-gzip",
-        req(POST_CHAT, b"Transfer-Encoding: chunked, gzip", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding: chunked, gzip", body=CHUNKED_BODY),
         400,
         501,
     ),
     refused(
         "A2-te-xchunked",
-        req(POST_CHAT, b"Transfer-Encoding: xchunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding: xchunked", body=CHUNKED_BODY),
         400,
         501,
     ),
     refused(
         "A2-te-identity",
-        req(POST_CHAT, b"Transfer-Encoding: identity", b"Content-Length: 2", body=b"{}"),
+        request(POST_CHAT, b"Transfer-Encoding: identity", b"Content-Length: 2", body=b"{}"),
         400,
         501,
     ),
     refused(
         "A2-te-space-before-colon",
-        req(POST_CHAT, b"Transfer-Encoding : chunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding : chunked", body=CHUNKED_BODY),
         400,
         501,
     ),
@@ -163,60 +158,62 @@ CORPUS: list[Case] = [
     # is plain chunked framing (the plan lists it among refusals; the RFC decides).
     accepted(
         "A2-te-tab-prefixed-value",
-        req(POST_CHAT, b"Transfer-Encoding:\tchunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding:\tchunked", body=CHUNKED_BODY),
         "/openai/v1/chat/completions",
     ),
     refused(
         "A2-te-tab-prefixed-line",
-        req(POST_CHAT, b"\tTransfer-Encoding: chunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"\tTransfer-Encoding: chunked", body=CHUNKED_BODY),
         400,
         501,
     ),
     refused(
         "A2-te-lf-before-colon",
-        req(POST_CHAT, b"Transfer-Encoding\n: chunked", body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding\n: chunked", body=CHUNKED_BODY),
         400,
         501,
     ),
     # -- A3: duplicate Content-Length -----------------------------------------------------------
     refused(
         "A3-cl-differing",
-        req(POST_CHAT, b"Content-Length: 2", b"Content-Length: 3", body=b"{}x"),
+        request(POST_CHAT, b"Content-Length: 2", b"Content-Length: 3", body=b"{}x"),
         400,
     ),
-    refused("A3-cl-list-differing", req(POST_CHAT, b"Content-Length: 2, 3", body=b"{}x"), 400),
+    refused("A3-cl-list-differing", request(POST_CHAT, b"Content-Length: 2, 3", body=b"{}x"), 400),
     # Identical duplicates: RFC 9112 section 6.3 lets a recipient reject them or fold them into
     # one; either way the upstream sees one framing (checked by paths + test_b19 framing).
     Case(
         "A3-cl-identical",
-        (req(POST_CHAT, b"Content-Length: 2", b"Content-Length: 2", CLOSE, body=b"{}"),),
+        (request(POST_CHAT, b"Content-Length: 2", b"Content-Length: 2", CLOSE, body=b"{}"),),
         (frozenset({200, 400}),),
-        (CHAT,),
+        (UPSTREAM_CHAT_PATH,),
         close=False,
     ),
     # -- A4: obs-fold ---------------------------------------------------------------------------
-    refused("A4-obs-fold-value", req(GET_MODELS, b"X-A: a", b" b", CLOSE), 400),
-    refused("A4-obs-fold-tab", req(GET_MODELS, b"X-A: a", b"\tb", CLOSE), 400),
-    refused("A4-obs-fold-cl", req(POST_CHAT, b"Content-Length:", b" 2", CLOSE, body=b"{}"), 400),
+    refused("A4-obs-fold-value", request(GET_MODELS, b"X-A: a", b" b", CLOSE), 400),
+    refused("A4-obs-fold-tab", request(GET_MODELS, b"X-A: a", b"\tb", CLOSE), 400),
+    refused(
+        "A4-obs-fold-cl", request(POST_CHAT, b"Content-Length:", b" 2", CLOSE, body=b"{}"), 400
+    ),
     refused(
         "A4-obs-fold-te",
-        req(POST_CHAT, b"Transfer-Encoding:", b" chunked", CLOSE, body=CHUNKED_BODY),
+        request(POST_CHAT, b"Transfer-Encoding:", b" chunked", CLOSE, body=CHUNKED_BODY),
         400,
     ),
     # -- A5: bad chunk framing ------------------------------------------------------------------
     refused(
         "A5-chunk-data-overrun-cve-2025-43859",
-        req(POST_CHAT, b"Transfer-Encoding: chunked", body=b"2\r\n{}XX0\r\n\r\n" + SMUGGLED),
+        request(POST_CHAT, b"Transfer-Encoding: chunked", body=b"2\r\n{}XX0\r\n\r\n" + SMUGGLED),
         400,
     ),
     refused(
         "A5-chunk-size-not-hex",
-        req(POST_CHAT, b"Transfer-Encoding: chunked", body=b"zz\r\n{}\r\n0\r\n\r\n"),
+        request(POST_CHAT, b"Transfer-Encoding: chunked", body=b"zz\r\n{}\r\n0\r\n\r\n"),
         400,
     ),
     refused(
         "A5-chunk-size-overflow",
-        req(
+        request(
             POST_CHAT,
             b"Transfer-Encoding: chunked",
             body=b"FFFFFFFFFFFFFFFFFFFFF\r\n{}\r\n0\r\n\r\n",
@@ -225,23 +222,23 @@ CORPUS: list[Case] = [
     ),
     refused(
         "A5-chunk-size-negative",
-        req(POST_CHAT, b"Transfer-Encoding: chunked", body=b"-2\r\n{}\r\n0\r\n\r\n"),
+        request(POST_CHAT, b"Transfer-Encoding: chunked", body=b"-2\r\n{}\r\n0\r\n\r\n"),
         400,
     ),
     refused(
         "A5-chunk-no-crlf-after-data",
-        req(POST_CHAT, b"Transfer-Encoding: chunked", body=b"2\r\n{}0\r\n\r\n"),
+        request(POST_CHAT, b"Transfer-Encoding: chunked", body=b"2\r\n{}0\r\n\r\n"),
         400,
     ),
     refused(
         "A5-chunk-bare-lf",
-        req(POST_CHAT, b"Transfer-Encoding: chunked", body=b"2\n{}\n0\n\n"),
+        request(POST_CHAT, b"Transfer-Encoding: chunked", body=b"2\n{}\n0\n\n"),
         400,
     ),
     # -- A6: absolute-form targets --------------------------------------------------------------
     refused(
         "A6-absolute-http",
-        req(
+        request(
             b"POST http://{EVIL}/openai/deployments/d/chat/completions HTTP/1.1",
             b"Content-Length: 2",
             CLOSE,
@@ -252,7 +249,7 @@ CORPUS: list[Case] = [
     ),
     refused(
         "A6-absolute-https",
-        req(
+        request(
             b"POST https://{EVIL}/openai/deployments/d/chat/completions HTTP/1.1",
             b"Content-Length: 2",
             CLOSE,
@@ -261,19 +258,19 @@ CORPUS: list[Case] = [
         400,
         404,
     ),
-    refused("A6-absolute-empty-path", req(b"GET http://{EVIL} HTTP/1.1", CLOSE), 400, 404),
+    refused("A6-absolute-empty-path", request(b"GET http://{EVIL} HTTP/1.1", CLOSE), 400, 404),
     refused(
         "A6-absolute-evil-host-header",
-        req(b"GET http://{EVIL3}/v1/models HTTP/1.1", CLOSE, host=b"Host: {EVIL3}\r\n"),
+        request(b"GET http://{EVIL3}/v1/models HTTP/1.1", CLOSE, host=b"{EVIL3}"),
         400,
         403,
         404,
     ),
     # -- A7: other request forms ----------------------------------------------------------------
-    refused("A7-connect", req(b"CONNECT {EVIL} HTTP/1.1", host=b"Host: {EVIL}\r\n"), 400, 405),
-    refused("A7-options-asterisk", req(b"OPTIONS * HTTP/1.1", CLOSE), 400, 404, 405),
-    refused("A7-unknown-method", req(b"FOO /v1/models HTTP/1.1", CLOSE), 400, 405, 501),
-    refused("A7-lowercase-method", req(b"get /v1/models HTTP/1.1", CLOSE), 400, 405, 501),
+    refused("A7-connect", request(b"CONNECT {EVIL} HTTP/1.1", host=b"{EVIL}"), 400, 405),
+    refused("A7-options-asterisk", request(b"OPTIONS * HTTP/1.1", CLOSE), 400, 404, 405),
+    refused("A7-unknown-method", request(b"FOO /v1/models HTTP/1.1", CLOSE), 400, 405, 501),
+    refused("A7-lowercase-method", request(b"get /v1/models HTTP/1.1", CLOSE), 400, 405, 501),
     refused(
         "A7-http-0.9-request-line",
         b"GET /v1/models\r\n\r\n",
@@ -283,104 +280,106 @@ CORPUS: list[Case] = [
     # -- A8: Host problems ----------------------------------------------------------------------
     refused(
         "A8-http11-no-host",
-        req(GET_MODELS, CLOSE, host=b""),
+        request(GET_MODELS, CLOSE, host=None),
         400,
     ),
     refused(
         "A8-two-host-headers",
-        req(GET_MODELS, b"Host: localhost", CLOSE),
+        request(GET_MODELS, b"Host: localhost", CLOSE),
         400,
     ),
     refused(
         "A8-two-host-headers-evil-first",
-        req(GET_MODELS, b"Host: 127.0.0.1", CLOSE, host=b"Host: evil.example\r\n"),
+        request(GET_MODELS, b"Host: 127.0.0.1", CLOSE, host=b"evil.example"),
         400,
         403,
     ),
     refused(
         "A8-http10-no-host",
-        req(b"GET /v1/models HTTP/1.0", host=b""),
+        request(b"GET /v1/models HTTP/1.0", host=None),
         400,
     ),
     refused(
         "A8-empty-host",
-        req(GET_MODELS, CLOSE, host=b"Host:\r\n"),
+        request(GET_MODELS, b"Host:", CLOSE, host=None),
         400,
         403,
     ),
     # -- A9: size limits ------------------------------------------------------------------------
-    accepted("A9-8KiB-header-block", req(GET_MODELS, b"X-Big: " + b"a" * 8000, CLOSE), MODELS),
+    accepted("A9-8KiB-header-block", request(GET_MODELS, b"X-Big: " + b"a" * 8000, CLOSE), MODELS),
     Case(
         "A9-16KiB-header-block",
-        (req(GET_MODELS, b"X-Big: " + b"a" * 16000, CLOSE),),
+        (request(GET_MODELS, b"X-Big: " + b"a" * 16000, CLOSE),),
         (frozenset({200, 400, 431}),),
         (MODELS,),
         close=False,
     ),
     refused(
         "A9-64KiB-header-block",
-        req(GET_MODELS, b"X-Big: " + b"a" * 65536, CLOSE),
+        request(GET_MODELS, b"X-Big: " + b"a" * 65536, CLOSE),
         400,
         431,
     ),
     refused(
         "A9-1MiB-header-block",
-        req(GET_MODELS, b"X-Big: " + b"a" * 2**20, CLOSE),
+        request(GET_MODELS, b"X-Big: " + b"a" * 2**20, CLOSE),
         400,
         431,
     ),
     refused(
         "A9-10000-headers",
-        req(GET_MODELS, *(b"X-%d: a" % i for i in range(10_000)), CLOSE),
+        request(GET_MODELS, *(b"X-%d: a" % i for i in range(10_000)), CLOSE),
         400,
         431,
     ),
     refused(
         "A9-100KiB-request-line",
-        req(b"GET /v1/models?" + b"a" * 102_400 + b" HTTP/1.1", CLOSE),
+        request(b"GET /v1/models?" + b"a" * 102_400 + b" HTTP/1.1", CLOSE),
         400,
         414,
         431,
     ),
     # -- A10: body limits -----------------------------------------------------------------------
-    refused("A10-cl-10GB-no-body", req(POST_CHAT, b"Content-Length: 10000000000"), 413),
-    refused("A10-cl-negative", req(POST_CHAT, b"Content-Length: -1", body=b"{}"), 400),
-    refused("A10-cl-plus", req(POST_CHAT, b"Content-Length: +5", body=b"{}"), 400),
-    refused("A10-cl-hex", req(POST_CHAT, b"Content-Length: 0x10", body=b"{}"), 400),
-    refused("A10-cl-exponent", req(POST_CHAT, b"Content-Length: 1e3", body=b"{}"), 400),
-    refused("A10-cl-25-digits", req(POST_CHAT, b"Content-Length: " + b"9" * 25, body=b"{}"), 400),
-    refused("A10-cl-empty", req(POST_CHAT, b"Content-Length: ", body=b"{}"), 400),
+    refused("A10-cl-10GB-no-body", request(POST_CHAT, b"Content-Length: 10000000000"), 413),
+    refused("A10-cl-negative", request(POST_CHAT, b"Content-Length: -1", body=b"{}"), 400),
+    refused("A10-cl-plus", request(POST_CHAT, b"Content-Length: +5", body=b"{}"), 400),
+    refused("A10-cl-hex", request(POST_CHAT, b"Content-Length: 0x10", body=b"{}"), 400),
+    refused("A10-cl-exponent", request(POST_CHAT, b"Content-Length: 1e3", body=b"{}"), 400),
+    refused(
+        "A10-cl-25-digits", request(POST_CHAT, b"Content-Length: " + b"9" * 25, body=b"{}"), 400
+    ),
+    refused("A10-cl-empty", request(POST_CHAT, b"Content-Length: ", body=b"{}"), 400),
     # -- A11: illegal bytes ---------------------------------------------------------------------
-    refused("A11-nul-in-value", req(GET_MODELS, b"X-A: a\x00b", CLOSE), 400),
-    refused("A11-nul-in-name", req(GET_MODELS, b"X\x00A: ab", CLOSE), 400),
-    refused("A11-cr-in-value", req(GET_MODELS, b"X-A: a\rb", CLOSE), 400),
-    refused("A11-lf-in-value", req(GET_MODELS, b"X-A: a\nb", CLOSE), 400),
-    refused("A11-paren-in-name", req(GET_MODELS, b"X(A): ab", CLOSE), 400),
-    refused("A11-space-in-name", req(GET_MODELS, b"X A: ab", CLOSE), 400),
-    refused("A11-non-ascii-target", req(b"GET /v1/mod\xc3\xa9ls HTTP/1.1", CLOSE), 400),
-    refused("A11-control-in-target", req(b"GET /v1/mo\x01dels HTTP/1.1", CLOSE), 400),
+    refused("A11-nul-in-value", request(GET_MODELS, b"X-A: a\x00b", CLOSE), 400),
+    refused("A11-nul-in-name", request(GET_MODELS, b"X\x00A: ab", CLOSE), 400),
+    refused("A11-cr-in-value", request(GET_MODELS, b"X-A: a\rb", CLOSE), 400),
+    refused("A11-lf-in-value", request(GET_MODELS, b"X-A: a\nb", CLOSE), 400),
+    refused("A11-paren-in-name", request(GET_MODELS, b"X(A): ab", CLOSE), 400),
+    refused("A11-space-in-name", request(GET_MODELS, b"X A: ab", CLOSE), 400),
+    refused("A11-non-ascii-target", request(b"GET /v1/mod\xc3\xa9ls HTTP/1.1", CLOSE), 400),
+    refused("A11-control-in-target", request(b"GET /v1/mo\x01dels HTTP/1.1", CLOSE), 400),
     refused("A11-bare-lf", b"GET /v1/models HTTP/1.1\nHost: 127.0.0.1\nConnection: close\n\n", 400),
     refused("A11-bare-cr", b"GET /v1/models HTTP/1.1\rHost: 127.0.0.1\rConnection: close\r\r", 400),
-    refused("A11-non-utf8-value", req(GET_MODELS, b"X-A: \xff\xfe", CLOSE), 400),
+    refused("A11-non-utf8-value", request(GET_MODELS, b"X-A: \xff\xfe", CLOSE), 400),
     # -- A12: pipelining ------------------------------------------------------------------------
     Case(
         "A12-pipelined-second-disallowed",
-        (req(GET_MODELS) + req(b"GET /etc/passwd HTTP/1.1", CLOSE),),
+        (request(GET_MODELS) + request(b"GET /etc/passwd HTTP/1.1", CLOSE),),
         (frozenset({200}), frozenset({404})),
         (MODELS, None),
     ),
     Case(
         "A12-pipelined-second-traversal",
         (
-            req(POST_CHAT, b"Content-Length: 2", body=b"{}")
-            + req(b"GET /v1/models/../../openai/files HTTP/1.1", CLOSE),
+            request(POST_CHAT, b"Content-Length: 2", body=b"{}")
+            + request(b"GET /v1/models/../../openai/files HTTP/1.1", CLOSE),
         ),
         (frozenset({200}), frozenset({400, 404})),
-        (CHAT, None),
+        (UPSTREAM_CHAT_PATH, None),
     ),
     Case(
         "A12-pipelined-refused-then-allowed",
-        (req(GET_MODELS, host=b"Host: evil.example\r\n") + req(GET_MODELS, CLOSE),),
+        (request(GET_MODELS, host=b"evil.example") + request(GET_MODELS, CLOSE),),
         (frozenset({403}), frozenset({200})),
         (None, MODELS),
     ),
@@ -388,17 +387,17 @@ CORPUS: list[Case] = [
     Case(
         "A13-expect-small-body",
         (
-            req(POST_CHAT, b"Expect: 100-continue", b"Content-Length: 14", CLOSE),
+            request(POST_CHAT, b"Expect: 100-continue", b"Content-Length: 14", CLOSE),
             b'{"model": "m"}',
         ),
         (frozenset({100}), frozenset({200})),
-        (None, CHAT),
+        (None, UPSTREAM_CHAT_PATH),
         close=False,
         pause=0.3,
     ),
     refused(
         "A13-expect-oversized-cl",
-        req(POST_CHAT, b"Expect: 100-continue", b"Content-Length: 10000000000"),
+        request(POST_CHAT, b"Expect: 100-continue", b"Content-Length: 10000000000"),
         413,
     ),
 ]

@@ -29,6 +29,7 @@ from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.entra import FakeEntra
 from tests.fakes.serve import ServerThread
 from tests.fakes.tokens import RecordingIssuer
+from tests.support.chat import CHAT
 from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.readiness import wait_until
 
@@ -36,7 +37,6 @@ pytestmark = pytest.mark.e2e
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 SECRET = "CANARY-SECRET-echoed-0123456789abcdef"
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _token(issuer: RecordingIssuer) -> str:
