@@ -1,20 +1,25 @@
 """TokenProvider against a scripted in-memory credential (pure asyncio, no sockets).
 
-Timings are real but short (tenths of seconds) with generous margins: the machines are shared.
+Every test runs on virtual time (tests/support/virtual_time.py): the provider's clocks, its
+waits and the tests' sleeps all read the event loop's clock, which jumps from timer to timer.
+So the instants asserted below are exact, whatever the load on the machine, and the jitter is
+seeded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
 
 from proxy.credentials.base import AccessToken
-from proxy.credentials.provider import RetryPolicy, SystemClock, TokenProvider
+from proxy.credentials.provider import RetryPolicy, TokenProvider
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
+from tests.support import virtual_time
+from tests.support.virtual_time import LoopClock
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 FAST = RetryPolicy(
@@ -42,7 +47,7 @@ class ScriptedCredential:
         self.closed = False
 
     async def get_token(self, scope: str) -> AccessToken:
-        self.calls.append(time.monotonic())
+        self.calls.append(now())
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.answers:
@@ -56,28 +61,37 @@ class ScriptedCredential:
         self.closed = True
 
 
-class SkewedClock(SystemClock):
-    """The real clocks, with a wall-clock jump on demand (a laptop waking from sleep)."""
-
-    def __init__(self) -> None:
-        self.jump = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.jump
+def now() -> float:
+    """The virtual monotonic clock (seconds since the test's loop started)."""
+    return asyncio.get_running_loop().time()
 
 
 def run(
-    credential: ScriptedCredential, test: Callable[[TokenProvider], Awaitable[T]], **kwargs: object
+    credential: ScriptedCredential,
+    test: Callable[[TokenProvider], Awaitable[T]],
+    *,
+    policy: RetryPolicy = FAST,
+    clock: LoopClock | None = None,
+    **kwargs: object,
 ) -> T:
+    """Run ``test`` against a started provider on virtual time; the provider is closed after."""
+
     async def main() -> T:
-        provider = TokenProvider(credential, primary_scope=SCOPE, policy=FAST, **kwargs)  # type: ignore[arg-type]
+        provider = TokenProvider(
+            credential,
+            primary_scope=SCOPE,
+            policy=policy,
+            clock=clock or LoopClock(),
+            rng=random.Random(14),
+            **kwargs,  # type: ignore[arg-type]
+        )
         provider.start()
         try:
             return await test(provider)
         finally:
             await provider.aclose()
 
-    return asyncio.run(main())
+    return virtual_time.run(main())
 
 
 def test_cold_burst_is_single_flight() -> None:
@@ -100,7 +114,8 @@ def test_refresh_in_is_honoured() -> None:
 
     assert run(credential, test) == "token-2"
     assert len(credential.calls) == 2
-    assert 0.2 <= credential.calls[1] - credential.calls[0] <= 0.5
+    # refresh_in, less up to 10 % of jitter.
+    assert 0.27 <= credential.calls[1] - credential.calls[0] <= 0.3
 
 
 def test_refresh_at_half_life() -> None:
@@ -111,8 +126,9 @@ def test_refresh_at_half_life() -> None:
 
     run(credential, test)
     gaps = [b - a for a, b in zip(credential.calls, credential.calls[1:], strict=False)]
-    assert len(gaps) >= 2
-    assert all(0.35 <= g <= 0.7 for g in gaps), gaps
+    # Half the lifetime, less up to 10 % of jitter: calls near 0, 0.5 and 1.0 s.
+    assert len(gaps) == 2
+    assert all(0.45 <= g <= 0.5 for g in gaps), gaps
 
 
 def test_failed_refresh_keeps_the_valid_token() -> None:
@@ -138,16 +154,16 @@ def test_permanent_error_fails_requests_at_once_and_backs_off() -> None:
 
     async def test(p: TokenProvider) -> tuple[CredentialError, float]:
         await asyncio.sleep(0.1)
-        started = time.monotonic()
+        started = now()
         with pytest.raises(CredentialError) as info:
             await p.token(SCOPE)
-        elapsed = time.monotonic() - started
+        elapsed = now() - started
         await asyncio.sleep(0.5)
         return info.value, elapsed
 
     error, elapsed = run(credential, test)
     assert error.code == "AADSTS7000215"
-    assert elapsed < 0.1
+    assert elapsed == 0  # no wait at all
     assert len(credential.calls) == 1
 
 
@@ -173,15 +189,7 @@ def test_a_fixed_configuration_is_picked_up_by_the_next_request() -> None:
         outcomes.append(await p.token(SCOPE))  # fixed by now: the next attempt succeeds
         return outcomes
 
-    async def main() -> list[str]:
-        provider = TokenProvider(credential, primary_scope=SCOPE, policy=policy)
-        provider.start()
-        try:
-            return await test(provider)
-        finally:
-            await provider.aclose()
-
-    assert asyncio.run(main()) == [
+    assert run(credential, test, policy=policy) == [
         "error after 1 call(s)",
         "error after 1 call(s)",
         "error after 2 call(s)",
@@ -206,7 +214,8 @@ def test_retry_after_is_honoured() -> None:
         return await p.token(SCOPE)
 
     assert run(credential, test) == "token-2"
-    assert credential.calls[1] - credential.calls[0] >= 0.75
+    # The backoff alone would be 0.05-0.1 s: the wait is Retry-After's.
+    assert credential.calls[1] - credential.calls[0] == pytest.approx(0.8)
 
 
 def test_loop_survives_a_bug_in_a_credential() -> None:
@@ -222,19 +231,19 @@ def test_waiting_is_bounded() -> None:
     credential = ScriptedCredential(delay=3.0)
 
     async def test(p: TokenProvider) -> tuple[CredentialError, float]:
-        started = time.monotonic()
+        started = now()
         with pytest.raises(CredentialError) as info:
             await p.token(SCOPE)
-        return info.value, time.monotonic() - started
+        return info.value, now() - started
 
     error, elapsed = run(credential, test, wait_timeout=0.3)
     assert error.code == "token_pending"
-    assert 0.25 <= elapsed < 1.0
+    assert elapsed == pytest.approx(0.3)
 
 
 def test_wall_clock_jump_forces_a_refresh() -> None:
     """E51: asleep for 3 h: the monotonic clock stood still, the token did not."""
-    clock = SkewedClock()
+    clock = LoopClock()
     credential = ScriptedCredential(lifetime=3600.0)
 
     async def test(p: TokenProvider) -> tuple[str | None, str]:
@@ -282,14 +291,14 @@ def test_aclose_stops_every_task() -> None:
     credential = ScriptedCredential()
 
     async def main() -> list[asyncio.Task[object]]:
-        p = TokenProvider(credential, primary_scope=SCOPE, policy=FAST)
+        p = TokenProvider(credential, primary_scope=SCOPE, policy=FAST, clock=LoopClock())
         p.start()
         await p.token(SCOPE)
         await p.token("https://ai.azure.com/.default")
         await p.aclose()
         return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
-    assert asyncio.run(main()) == []
+    assert virtual_time.run(main()) == []
     assert credential.closed
 
 
@@ -332,29 +341,21 @@ def test_known_outage_fails_requests_at_once() -> None:
     async def test(p: TokenProvider) -> list[tuple[str, float, float | None]]:
         seen = []
         for _ in range(3):
-            started = time.monotonic()
+            started = now()
             with pytest.raises(CredentialError) as info:
                 await p.token(SCOPE)
-            seen.append((info.value.code, time.monotonic() - started, p.retry_in(SCOPE)))
+            seen.append((info.value.code, now() - started, p.retry_in(SCOPE)))
         return seen
 
-    async def main() -> list[tuple[str, float, float | None]]:
-        provider = TokenProvider(credential, primary_scope=SCOPE, policy=DOWN, wait_timeout=10)
-        provider.start()
-        try:
-            return await test(provider)
-        finally:
-            await provider.aclose()
-
-    seen = asyncio.run(main())
+    seen = run(credential, test, policy=DOWN, wait_timeout=10)
     first, *later = seen
     assert first[0] == "token_unreachable"
-    assert 0.2 <= first[1] < 1.5, "the first request did not wait for the call under way"
+    assert first[1] == pytest.approx(0.3), "the first request did not wait for the call under way"
     for code, elapsed, retry_in in later:
         assert code == "token_unreachable"
-        assert elapsed < 0.2, "a request was held although no token could come in time"
+        assert elapsed == 0, "a request was held although no token could come in time"
         assert retry_in is not None
-        assert 0.5 < retry_in <= 3.0
+        assert 1.5 <= retry_in <= 3.0  # the backoff: half to all of transient_first
     assert len(credential.calls) == 1
 
 
@@ -375,23 +376,16 @@ def test_a_request_during_a_retry_under_way_waits_for_it() -> None:
         while len(credential.calls) < 2:
             await asyncio.sleep(0.01)
         assert p.retry_in(SCOPE) is None  # a call is under way
-        started = time.monotonic()
+        started = now()
         token = await p.token(SCOPE)
-        return retry_in, token, time.monotonic() - started
+        return retry_in, token, now() - started
 
-    async def main() -> tuple[float | None, str, float]:
-        provider = TokenProvider(credential, primary_scope=SCOPE, policy=DOWN, wait_timeout=10)
-        provider.start()
-        try:
-            return await test(provider)
-        finally:
-            await provider.aclose()
-
-    retry_in, token, waited = asyncio.run(main())
+    retry_in, token, waited = run(credential, test, policy=DOWN, wait_timeout=10)
     assert retry_in is not None
-    assert retry_in > 1.0
+    assert 1.5 - 0.05 <= retry_in <= 3.0 - 0.05  # the backoff, asked 0.05 s after the failure
     assert token == "recovered"
-    assert 0.2 <= waited < 2.0
+    # The rest of the 0.5 s call, seen within one 0.01 s poll of its start.
+    assert 0.5 - 0.01 <= waited <= 0.5
 
 
 def test_an_imminent_retry_is_waited_for() -> None:
@@ -402,14 +396,9 @@ def test_an_imminent_retry_is_waited_for() -> None:
     )
     credential = ScriptedCredential(CredentialUnavailable("blip"), AccessToken("late", 100.0))
 
-    async def main() -> str:
-        provider = TokenProvider(credential, primary_scope=SCOPE, policy=policy, wait_timeout=10)
-        provider.start()
-        try:
-            return await provider.token(SCOPE)
-        finally:
-            await provider.aclose()
+    async def test(p: TokenProvider) -> str:
+        return await p.token(SCOPE)
 
-    assert asyncio.run(main()) == "late"
+    assert run(credential, test, policy=policy, wait_timeout=10) == "late"
     assert len(credential.calls) == 2
-    assert credential.calls[1] - credential.calls[0] >= 1.4
+    assert 1.5 <= credential.calls[1] - credential.calls[0] <= 3.0
