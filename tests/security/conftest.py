@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fakes.evil import EvilListeners
+from tests.e2e.stack import Stack
+from tests.fakes.evil import EvilListeners, ScriptedUpstream
+from tests.fakes.serve import ServerThread
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -24,3 +26,19 @@ def evil() -> Iterator[EvilListeners]:
         yield listeners
     finally:
         listeners.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[tuple[Stack, ScriptedUpstream]]:
+    """A proxy whose upstream is a ScriptedUpstream (redirects, hop-by-hop fields, gzip,
+    cookies), one per test module; its log must hold no secret or token."""
+    upstream = ScriptedUpstream()
+    server = ServerThread(upstream).start()
+    s = Stack(FOUNDRY_PROXY_UPSTREAM=server.url)
+    try:
+        s.start_proxy()
+        yield s, upstream
+    finally:
+        log = s.close()
+        server.stop()
+        assert not s.leaks(log), "a secret or token reached the proxy's log"

@@ -76,3 +76,14 @@ def assert_clean_answer(stack: Stack, ex: Exchange) -> None:
     assert 500 not in ex.statuses, ex.text[:2000]
     assert "Traceback" not in ex.text
     assert not stack.leaks(ex.text), "a token or secret reached a client"
+
+
+def fill(data: bytes, stack: Stack, evil: EvilListeners) -> bytes:
+    """``data`` with its placeholders filled in: ``{EVIL}`` and ``{EVIL3}`` the addresses of the
+    evil listeners (on 127.0.0.2 and 127.0.0.3), ``{PORT}`` the proxy's port."""
+    assert stack.proxy is not None
+    return (
+        data.replace(b"{EVIL}", evil.authorities[0].encode())
+        .replace(b"{EVIL3}", evil.authorities[1].encode())
+        .replace(b"{PORT}", str(stack.proxy.port).encode())
+    )

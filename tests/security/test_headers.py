@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -18,7 +17,6 @@ from tests.e2e.stack import Stack
 from tests.fakes.evil import GZIP_BODY, EvilListeners, ScriptedUpstream
 from tests.fakes.foundry import Entry
 from tests.fakes.rawsock import Exchange, exchange, request
-from tests.fakes.serve import ServerThread
 from tests.security.support import assert_clean_answer, assert_healthy, proxy_log_lines
 from tests.support.chat import chat_body
 
@@ -282,20 +280,6 @@ def test_b19_client_framing_is_never_copied(
 
 
 # -- B20-B22: the response side (scripted upstream) -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def scripted() -> Iterator[tuple[Stack, ScriptedUpstream]]:
-    upstream = ScriptedUpstream()
-    server = ServerThread(upstream).start()
-    s = Stack(FOUNDRY_PROXY_UPSTREAM=server.url)
-    try:
-        s.start_proxy()
-        yield s, upstream
-    finally:
-        log = s.close()
-        server.stop()
-        assert not s.leaks(log), "a secret or token reached the proxy's log"
 
 
 def test_b20_response_hop_by_hop_and_cookies_are_stripped(

@@ -24,6 +24,7 @@ from tests.fakes.rawsock import Exchange, exchange, request
 from tests.security.support import (
     assert_clean_answer,
     assert_healthy,
+    fill,
     local_candidates,
     proxy_log_lines,
     unsafe_upstream_path,
@@ -403,21 +404,12 @@ CORPUS: list[Case] = [
 ]
 
 
-def _fill(data: bytes, stack: Stack, evil: EvilListeners) -> bytes:
-    assert stack.proxy is not None
-    return (
-        data.replace(b"{EVIL}", evil.authorities[0].encode())
-        .replace(b"{EVIL3}", evil.authorities[1].encode())
-        .replace(b"{PORT}", str(stack.proxy.port).encode())
-    )
-
-
 def run_case(stack: Stack, evil: EvilListeners, case: Case) -> Exchange:
     """Send one corpus case and check it against its expected outcome and the invariants."""
     assert stack.proxy is not None
     before = len(stack.foundry.journal)
     log_from = proxy_log_lines(stack)
-    pieces = [_fill(p, stack, evil) for p in case.pieces]
+    pieces = [fill(p, stack, evil) for p in case.pieces]
     ex = exchange(
         stack.proxy.port,
         pieces,
@@ -498,7 +490,7 @@ def test_a9_memory_growth_is_bounded(stack: Stack, evil: EvilListeners) -> None:
         "A9-100KiB-request-line",
     )
     for case in (c for c in CORPUS if c.id in ids):
-        data = _fill(case.data, stack, evil)
+        data = fill(case.data, stack, evil)
         rss_before = rss_kb(pid)
         ex = exchange(stack.proxy.port, data, linger=0.3)
         growth_kib = max(rss_kb(pid) - rss_before, peak_rss_kb(pid) - rss_before)
@@ -569,7 +561,7 @@ def check_mutant(stack: Stack, evil: EvilListeners, data: bytes, sent: list[byte
     """A14 invariants for one mutant: alive, no 500 or traceback, no canary, no evil hits,
     and anything the upstream saw is a clean path that some request we sent asked for."""
     assert stack.proxy is not None
-    data = _fill(data, stack, evil)
+    data = fill(data, stack, evil)
     sent.append(data)
     before = len(stack.foundry.journal)
     log_from = proxy_log_lines(stack)

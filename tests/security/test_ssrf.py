@@ -27,6 +27,7 @@ from tests.fakes.serve import ServerThread
 from tests.security.support import (
     assert_clean_answer,
     assert_healthy,
+    fill,
     mapped,
     proxy_log_lines,
     unsafe_upstream_path,
@@ -115,7 +116,7 @@ def targets(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     else:
         target = path
     headers = []
-    host = draw(st.sampled_from(["127.0.0.1:{P}", "localhost", "{EVIL}", "{EVIL3}", None]))
+    host = draw(st.sampled_from(["127.0.0.1:{PORT}", "localhost", "{EVIL}", "{EVIL3}", None]))
     if host is not None:
         headers.append(f"Host: {host}")
     for extra in draw(
@@ -139,15 +140,6 @@ def targets(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return target.encode(), [h.encode() for h in headers]
 
 
-def _fill(data: bytes, stack: Stack, evil: EvilListeners) -> bytes:
-    assert stack.proxy is not None
-    return (
-        data.replace(b"{EVIL}", evil.authorities[0].encode())
-        .replace(b"{EVIL3}", evil.authorities[1].encode())
-        .replace(b"{P}", str(stack.proxy.port).encode())
-    )
-
-
 @settings(
     max_examples=150,
     deadline=None,
@@ -162,8 +154,8 @@ def test_c27_no_target_or_header_reaches_another_host(
     """C27: for arbitrary targets (origin, absolute, scheme-relative, authority forms), Host,
     X-Forwarded-Host and friends, every upstream request goes to the configured host:port,
     for exactly the path that was sent (after the route mapping); evil listeners get 0 hits."""
-    target = _fill(case[0], stack, evil)
-    headers = [_fill(h, stack, evil) for h in case[1]]
+    target = fill(case[0], stack, evil)
+    headers = [fill(h, stack, evil) for h in case[1]]
     _, seen = send_target(stack, evil, target, *headers, method=b"POST" if post else b"GET")
     assert len(seen) <= 1
     if seen:
@@ -240,20 +232,6 @@ def test_c28_path_tricks_get_their_one_answer(
 
 
 # -- C30: redirects -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def scripted() -> Iterator[tuple[Stack, ScriptedUpstream]]:
-    upstream = ScriptedUpstream()
-    server = ServerThread(upstream).start()
-    s = Stack(FOUNDRY_PROXY_UPSTREAM=server.url)
-    try:
-        s.start_proxy()
-        yield s, upstream
-    finally:
-        log = s.close()
-        server.stop()
-        assert not s.leaks(log), "a secret or token reached the proxy's log"
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
