@@ -14,10 +14,10 @@ import openai
 import pytest
 
 from tests.e2e.stack import Stack
+from tests.support.chat import CHAT
 
 pytestmark = pytest.mark.e2e
 
-CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 CLAUDE = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": CHAT["messages"]}
 
 
