@@ -16,12 +16,26 @@ transient, the second is a configuration problem that a quick retry will not fix
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from proxy.redaction import Redactor
+
+E = TypeVar("E", bound=BaseException)
 
 
 class ProxyError(Exception):
     """Base of every error foundry-proxy raises on purpose."""
+
+
+def cause_of(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``exc``'s chain (itself, then what it was raised
+    from or during), e.g. the DNS error under an HTTP client's connection error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def problem_list(problems: list[str], indent: str = "  ") -> str:

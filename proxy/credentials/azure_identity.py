@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from proxy.credentials.base import AccessToken
+from proxy.credentials.codes import TokenErrorCode
 from proxy.errors import ConfigError, CredentialUnavailable
 from proxy.redaction import safe_message
 
@@ -62,21 +63,21 @@ class DelegatedCredential:
             # reasons, which are what the user needs to read.
             raise CredentialUnavailable(
                 f"azure-identity could not get a token: {_attempts(str(exc.message))}",
-                code="azure_identity_failed",
+                code=TokenErrorCode.AZURE_IDENTITY_FAILED,
                 hint="set AZURE_TOKEN_CREDENTIALS to the one credential azure-identity should "
                 "use, and check its settings",
             ) from None
         except AzureError as exc:
             raise CredentialUnavailable(
                 f"azure-identity could not reach its token service: {safe_message(str(exc))}",
-                code="azure_identity_unavailable",
+                code=TokenErrorCode.AZURE_IDENTITY_UNAVAILABLE,
             ) from None
         now = time.time()
         expires_in = float(info.expires_on) - now
         if not info.token or expires_in <= 0:
             raise CredentialUnavailable(
                 "azure-identity returned an expired or empty token",
-                code="malformed_token_response",
+                code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE,
             )
         refresh_on = getattr(info, "refresh_on", None)
         refresh_in = float(refresh_on) - now if refresh_on else None

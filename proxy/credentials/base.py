@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxy.credentials.codes import TokenErrorCode
 from proxy.errors import CredentialUnavailable
 
 # Entra tokens live 60-90 minutes (24-28 h with CAE); anything beyond a year is a broken answer.
@@ -70,17 +71,19 @@ def parse_token_response(body: object) -> AccessToken:
     if not isinstance(body, Mapping):
         raise CredentialUnavailable(
             "the token service answered with something that is not a JSON object",
-            code="malformed_token_response",
+            code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE,
         )
     token = body.get("access_token")
     if not isinstance(token, str) or not token.strip():
         raise CredentialUnavailable(
-            "the token service's answer has no access_token", code="malformed_token_response"
+            "the token service's answer has no access_token",
+            code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE,
         )
     expires_in = _seconds(body, "expires_in")
     if expires_in is None or not 0 < expires_in <= _MAX_LIFETIME:
         raise CredentialUnavailable(
-            "the token service's answer has no valid expires_in", code="malformed_token_response"
+            "the token service's answer has no valid expires_in",
+            code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE,
         )
     refresh_in = _seconds(body, "refresh_in")
     if refresh_in is not None and not 0 < refresh_in < expires_in:

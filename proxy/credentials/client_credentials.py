@@ -17,8 +17,9 @@ import httpx2
 from pydantic import SecretStr
 
 from proxy.credentials.base import AccessToken, parse_token_response
+from proxy.credentials.codes import TokenErrorCode
 from proxy.credentials.entra_errors import error_from_response, parse_retry_after
-from proxy.errors import CredentialUnavailable
+from proxy.errors import CredentialUnavailable, cause_of
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -59,11 +60,12 @@ class FileAuth:
         except (OSError, UnicodeDecodeError) as exc:
             raise CredentialUnavailable(
                 f"could not read {self._setting} ({self._path}): {type(exc).__name__}",
-                code="credential_file_unreadable",
+                code=TokenErrorCode.CREDENTIAL_FILE_UNREADABLE,
             ) from None
         if not text.strip():
             raise CredentialUnavailable(
-                f"{self._setting} ({self._path}) is empty", code="credential_file_empty"
+                f"{self._setting} ({self._path}) is empty",
+                code=TokenErrorCode.CREDENTIAL_FILE_EMPTY,
             )
         return self._fields(text.strip())
 
@@ -80,15 +82,6 @@ def federated_token_auth(path: Path) -> FileAuth:
         lambda token: {"client_assertion_type": JWT_BEARER, "client_assertion": token},
         "AZURE_FEDERATED_TOKEN_FILE",
     )
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class ClientCredentials:
@@ -124,23 +117,24 @@ class ClientCredentials:
             )
         except httpx2.TimeoutException:
             raise CredentialUnavailable(
-                f"the token request to {self.token_endpoint} timed out", code="token_timeout"
+                f"the token request to {self.token_endpoint} timed out",
+                code=TokenErrorCode.TOKEN_TIMEOUT,
             ) from None
         except httpx2.RequestError as exc:
-            if _caused_by(exc, socket.gaierror):
+            if cause_of(exc, socket.gaierror) is not None:
                 raise CredentialUnavailable(
                     f"the login host of {self.token_endpoint} could not be resolved (DNS)",
-                    code="token_dns_error",
+                    code=TokenErrorCode.TOKEN_DNS_ERROR,
                 ) from None
-            if _caused_by(exc, ssl.SSLError):
+            if cause_of(exc, ssl.SSLError) is not None:
                 raise CredentialUnavailable(
                     f"TLS verification failed for {self.token_endpoint}: behind a corporate "
                     "proxy, point SSL_CERT_FILE at its CA bundle",
-                    code="token_tls_error",
+                    code=TokenErrorCode.TOKEN_TLS_ERROR,
                 ) from None
             raise CredentialUnavailable(
                 f"could not reach {self.token_endpoint} ({type(exc).__name__})",
-                code="token_unreachable",
+                code=TokenErrorCode.TOKEN_UNREACHABLE,
             ) from None
         try:
             body: object = response.json()

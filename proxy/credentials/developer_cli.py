@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 
 from proxy.credentials.base import AccessToken, number
+from proxy.credentials.codes import TokenErrorCode
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
 from proxy.redaction import safe_message
 
@@ -125,7 +126,8 @@ class _DeveloperCli(ABC):
             # option by the CLI's own argument parser.
             if value.startswith("-") or not value.isprintable() or " " in value:
                 raise AuthenticationFailed(
-                    f"{value!r} cannot be passed to the {self.kind}", code="cli_bad_argument"
+                    f"{value!r} cannot be passed to the {self.kind}",
+                    code=TokenErrorCode.CLI_BAD_ARGUMENT,
                 )
         arguments = self._arguments(scope)
         status, stdout, stderr = await self._run(arguments)
@@ -139,7 +141,7 @@ class _DeveloperCli(ABC):
     def _not_installed(self) -> AuthenticationFailed:
         return AuthenticationFailed(
             f"the {self.kind} ({self._executable}) is not installed or not on PATH",
-            code="cli_not_installed",
+            code=TokenErrorCode.CLI_NOT_INSTALLED,
             hint=f"install it ({self._install_url}) and run `{self._login_command}`, or choose "
             "another FOUNDRY_PROXY_CREDENTIAL",
         )
@@ -165,7 +167,7 @@ class _DeveloperCli(ABC):
         except OSError as exc:
             raise CredentialUnavailable(
                 f"could not start the {self.kind} ({path}): {type(exc).__name__}",
-                code="cli_failed",
+                code=TokenErrorCode.CLI_FAILED,
             ) from None
         try:
             async with asyncio.timeout(self._timeout):
@@ -179,7 +181,7 @@ class _DeveloperCli(ABC):
             if isinstance(exc, TimeoutError):
                 raise CredentialUnavailable(
                     f"the {self.kind} did not answer within {self._timeout:g} s",
-                    code="cli_timeout",
+                    code=TokenErrorCode.CLI_TIMEOUT,
                     hint=self._try_by_hand(arguments),
                 ) from None
             raise
@@ -204,12 +206,14 @@ class _DeveloperCli(ABC):
             )
         if self._not_logged_in(text):
             return AuthenticationFailed(
-                f"the {self.kind} is not logged in", code="cli_not_logged_in", hint=self._login_hint
+                f"the {self.kind} is not logged in",
+                code=TokenErrorCode.CLI_NOT_LOGGED_IN,
+                hint=self._login_hint,
             )
         line = _first_error_line(text) or f"exit status {status}"
         return CredentialUnavailable(
             f"the {self.kind} failed: {line}",
-            code="cli_failed",
+            code=TokenErrorCode.CLI_FAILED,
             hint=self._try_by_hand(arguments),
         )
 
@@ -231,7 +235,7 @@ class _DeveloperCli(ABC):
 
     def _malformed(self, problem: str) -> CredentialUnavailable:
         return CredentialUnavailable(
-            f"the {self.kind}'s answer {problem}", code="malformed_token_response"
+            f"the {self.kind}'s answer {problem}", code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE
         )
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from proxy.credentials.codes import TokenErrorCode
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
 from proxy.redaction import safe_message
 
@@ -84,7 +85,7 @@ def error_from_response(
     answered may not be Entra, so none of its text is kept without them redacted.
     """
     fields = body if isinstance(body, Mapping) else {}
-    error = str(fields.get("error") or f"http_{status}")
+    error = str(fields.get("error") or TokenErrorCode.TOKEN_HTTP.with_status(status))
     codes = fields.get("error_codes")
     aadsts = [c for c in codes if isinstance(c, int)] if isinstance(codes, list) else []
     code = f"AADSTS{aadsts[0]}" if aadsts else error

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from proxy.credentials.base import AccessToken, number, parse_token_response
 from proxy.credentials.claims import scope_resource
+from proxy.credentials.codes import TokenErrorCode
 from proxy.credentials.entra_errors import parse_retry_after
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
 from proxy.redaction import safe_message
@@ -107,14 +108,14 @@ def _token(body: object, now: float) -> AccessToken:
         if expires_on is None:
             raise CredentialUnavailable(
                 "the managed identity endpoint's answer has neither expires_in nor expires_on",
-                code="malformed_token_response",
+                code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE,
             )
         lifetime = expires_on - now
         if lifetime <= 0:
             raise CredentialUnavailable(
                 "the managed identity endpoint's token has already expired by this machine's "
                 "clock (expires_on is in the past): check the clock",
-                code="malformed_token_response",
+                code=TokenErrorCode.MALFORMED_TOKEN_RESPONSE,
             )
         # parse_token_response bounds the lifetime from above and checks the token.
         body = {**body, "expires_in": lifetime}
@@ -183,7 +184,7 @@ class AppServiceIdentity:
             raise CredentialUnavailable(
                 f"the managed identity endpoint {self.endpoint} is not reachable "
                 f"({type(exc).__name__})",
-                code="identity_endpoint_unreachable",
+                code=TokenErrorCode.IDENTITY_ENDPOINT_UNREACHABLE,
             ) from None
         body = _json(response)
         if response.status_code == 200:
@@ -202,7 +203,7 @@ class AppServiceIdentity:
                     "assigned here)",
                     detail,
                 ),
-                code="identity_not_assigned",
+                code=TokenErrorCode.IDENTITY_NOT_ASSIGNED,
                 hint=_UNASSIGNED_HINT,
             )
         if status in (401, 403):
@@ -211,7 +212,7 @@ class AppServiceIdentity:
                     f"the managed identity endpoint refused the identity header (HTTP {status})",
                     detail,
                 ),
-                code="identity_header_rejected",
+                code=TokenErrorCode.IDENTITY_HEADER_REJECTED,
                 hint="IDENTITY_HEADER must be the value the platform set for this process; it "
                 "changes when the app restarts",
             )
@@ -219,10 +220,12 @@ class AppServiceIdentity:
         if _transient(status) or not 400 <= status < 500:
             return CredentialUnavailable(
                 message,
-                code="identity_endpoint_unavailable",
+                code=TokenErrorCode.IDENTITY_ENDPOINT_UNAVAILABLE,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-        return AuthenticationFailed(message, code=f"identity_endpoint_http_{status}")
+        return AuthenticationFailed(
+            message, code=TokenErrorCode.IDENTITY_ENDPOINT_HTTP.with_status(status)
+        )
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
@@ -284,7 +287,7 @@ class ImdsIdentity:
             raise CredentialUnavailable(
                 f"IMDS at {self.endpoint} is not reachable ({type(exc).__name__}): this is not "
                 "an Azure VM or node, or the pod cannot reach 169.254.169.254",
-                code="imds_unreachable",
+                code=TokenErrorCode.IMDS_UNREACHABLE,
                 hint="on AKS, allow egress to 169.254.169.254/32 in the network policies; "
                 "elsewhere, choose another credential",
             ) from None
@@ -314,7 +317,7 @@ class ImdsIdentity:
                     f"identity named does not exist); asked for {self._selector.describe()}",
                     detail,
                 ),
-                code="identity_not_assigned",
+                code=TokenErrorCode.IDENTITY_NOT_ASSIGNED,
                 hint=_UNASSIGNED_HINT + "; on AKS, assign it to the node pool (VM scale set)",
             )
         if status == 403 and "unreachable" in response.text.lower():
@@ -323,21 +326,22 @@ class ImdsIdentity:
             return CredentialUnavailable(
                 "IMDS is not reachable from here (HTTP 403, network unreachable): this is not "
                 "an Azure VM or node",
-                code="imds_unreachable",
+                code=TokenErrorCode.IMDS_UNREACHABLE,
             )
         if status == 410 or _transient(status):
             return CredentialUnavailable(
                 _with_detail(f"IMDS answered HTTP {status} after {attempts} attempts", detail),
-                code="imds_unavailable",
+                code=TokenErrorCode.IMDS_UNAVAILABLE,
                 retry_after=retry_after,
             )
         if 400 <= status < 500:
             return AuthenticationFailed(
                 _with_detail(f"IMDS refused the token request (HTTP {status})", detail),
-                code=f"imds_http_{status}",
+                code=TokenErrorCode.IMDS_HTTP.with_status(status),
             )
         return CredentialUnavailable(
-            _with_detail(f"IMDS answered HTTP {status}", detail), code="imds_unavailable"
+            _with_detail(f"IMDS answered HTTP {status}", detail),
+            code=TokenErrorCode.IMDS_UNAVAILABLE,
         )
 
     async def aclose(self) -> None:

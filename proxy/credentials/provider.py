@@ -31,6 +31,7 @@ from typing import Protocol
 from cachetools import TLRUCache
 
 from proxy.credentials.base import AccessToken, Credential
+from proxy.credentials.codes import TokenErrorCode
 from proxy.errors import CredentialError, CredentialUnavailable
 
 log = logging.getLogger("foundry_proxy.token")
@@ -222,7 +223,7 @@ class TokenProvider:
             if remaining <= 0:
                 raise state.error or CredentialUnavailable(
                     f"no token from Entra ID within {self._wait_timeout:g} s",
-                    code="token_pending",
+                    code=TokenErrorCode.TOKEN_PENDING,
                 )
             await _wait(state.changed, remaining)
             token = self.token_now(scope)
@@ -320,7 +321,7 @@ class TokenProvider:
                 state.fetching = False
                 failure = CredentialUnavailable(
                     f"internal error while getting a token ({type(exc).__name__})",
-                    code="token_internal_error",
+                    code=TokenErrorCode.TOKEN_INTERNAL_ERROR,
                 )
                 delay = self._failed(scope, state, failure)
             state.next_attempt = self._clock.monotonic() + delay
