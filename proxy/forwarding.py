@@ -48,6 +48,7 @@ from proxy.rewrite import (
     request_headers,
     response_headers,
 )
+from proxy.upstream_refusals import Refusal, classify_401
 from proxy.usage import (
     JSON_LIMIT,
     STREAM_HEAD,
@@ -470,11 +471,7 @@ def _unsent(headers: list[tuple[str, str]]) -> frozenset[str] | None:
 
 
 async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes | None]:
-    """Does this 401 say the token itself was bad (so a new one may help)?
-
-    Entra-token rejections carry ``{"statusCode": 401, "message": ...}`` or a
-    ``WWW-Authenticate`` challenge (CAE); a missing role carries ``{"error": {"code":
-    "PermissionDenied"}}`` and no new token fixes that.
+    """Does this 401 say the token itself was bad, so a new one may help (upstream_refusals.py)?
     Returns the verdict and the body if it had to be read.
     """
     challenge = "WWW-Authenticate" in response.headers
@@ -485,18 +482,8 @@ async def _token_rejected(response: aiohttp.ClientResponse) -> tuple[bool, bytes
     try:
         parsed = json.loads(_decoded(raw, response.headers.get("Content-Encoding", "")))
     except ValueError:
-        return challenge, raw
-    if not isinstance(parsed, dict):
-        return challenge, raw
-    error = parsed.get("error")
-    if isinstance(error, dict):
-        if error.get("code") == "PermissionDenied":
-            return False, raw
-        # Anthropic's shape for a rejected credential, should the Claude route answer in it
-        # rather than in the Entra-token shape above (docs/claude.md).
-        if error.get("type") == "authentication_error":
-            return True, raw
-    return challenge or ("statusCode" in parsed and "message" in parsed), raw
+        parsed = None
+    return classify_401(parsed, challenge=challenge) is Refusal.TOKEN_REJECTED, raw
 
 
 def _decoded(raw: bytes, encoding: str) -> bytes:
