@@ -300,3 +300,62 @@ def test_d38_world_readable_secret_files_warn(tmp_path: Path) -> None:
     assert any("can be read by every user" in w for w in s.warnings())
     s = load_settings(**values | {"client_secret_file": str(secret_file)})
     assert not any("can be read by every user" in w for w in s.warnings())
+
+
+def test_derived_values_are_computed_once(tmp_path: Path) -> None:
+    """The keys file is read, the rules parsed and the warnings computed when the settings are
+    loaded, never again: a request must not touch the disk."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# one key per line\nkey-0123456789abcdef\n")
+    keys_file.chmod(0o600)
+    s = load_settings(**GOOD | {"api_keys_file": str(keys_file), "allow": "POST /openai/v1/files"})
+    keys_file.unlink()
+    assert s.inbound_keys() == ["key-0123456789abcdef"]
+    assert s.inbound_keys() == ["key-0123456789abcdef"]
+    allow, deny = s.rules()
+    assert allow[-1].pattern == "/openai/v1/files"
+    assert deny == []
+    assert s.warnings() == []
+    assert "key-0123456789abcdef" not in repr(s) + str(s.model_dump())
+
+
+def test_settings_survive_the_trip_to_a_worker_process() -> None:
+    import pickle
+
+    s = load_settings(**GOOD | {"api_keys": "key-0123456789abcdef"})
+    again = pickle.loads(pickle.dumps(s))  # noqa: S301 - our own object, just pickled
+    assert again == s
+    assert again.inbound_keys() == ["key-0123456789abcdef"]
+
+
+def test_the_cloud_fills_in_what_was_not_set() -> None:
+    s = load_settings(**GOOD | {"cloud": "china", "upstream": "https://x.openai.azure.cn"})
+    assert (s.authority_host, s.scope, s.projects_scope) == (
+        "https://login.chinacloudapi.cn",
+        "https://cognitiveservices.azure.cn/.default",
+        "https://ai.azure.cn/.default",
+    )
+
+
+def test_auto_names_the_app_registration_kind_once_loaded(tmp_path: Path) -> None:
+    without = {k: v for k, v in GOOD.items() if k != "client_secret"}
+    assert load_settings(**GOOD).credential == "secret"
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJ.x.y")
+    loaded = load_settings(**without | {"federated_token_file": str(token_file)})
+    assert loaded.credential == "workload-identity"
+    # Only the platform kinds are left to detection, which builds validated settings too.
+    plain = load_settings(**without)
+    assert plain.credential == "auto"
+    assert plain.with_detected_credential("azure-cli").credential_kind == "Azure CLI"
+    with pytest.raises(ValueError, match="credential"):
+        plain.with_detected_credential("nonsense")  # type: ignore[arg-type]
+
+
+def test_nothing_writes_into_or_copies_past_the_validation_of_the_settings() -> None:
+    package = Path(__file__).resolve().parents[2] / "proxy"
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "object.__setattr__" not in text, path
+        assert "model_copy(" not in text, path
+        assert "model_construct(" not in text, path
