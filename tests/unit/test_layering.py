@@ -1,11 +1,15 @@
-"""The import rules of DESIGN.md, checked from each module's imports."""
+"""The import rules of docs/architecture.md ("Import rules"), checked from each module's
+imports; and every docs/ page a comment cites exists."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "proxy"
+RULES = "see docs/architecture.md, Import rules"
 
 
 def imports(path: Path) -> set[str]:
@@ -28,33 +32,41 @@ def test_credentials_never_import_the_web_framework() -> None:
             assert not any(
                 m.startswith(("starlette", "uvicorn", "aiohttp", "proxy.forwarding", "proxy.app"))
                 for m in found
-            ), name
+            ), f"{name}: credentials/ never imports the web side ({RULES})"
 
 
 def test_rewrite_uses_only_the_standard_library() -> None:
     found = modules()["rewrite.py"]
-    assert all(m in {"__future__", "collections.abc", "dataclasses"} for m in found), found
+    assert all(m in {"__future__", "collections.abc", "dataclasses"} for m in found), (
+        f"rewrite.py imports {sorted(found)}: standard library only ({RULES})"
+    )
 
 
 def test_only_the_process_runners_import_uvicorn() -> None:
     for name, found in modules().items():
         if name not in ("demo.py", "listener.py", "server.py"):
-            assert not any(m.startswith("uvicorn") for m in found), name
+            assert not any(m.startswith("uvicorn") for m in found), (
+                f"{name}: only the process runners import uvicorn ({RULES})"
+            )
 
 
 def test_the_emulator_is_never_imported_by_the_proxy_itself() -> None:
     """Only the demo command (and tests) may use the emulator."""
     for name, found in modules().items():
         if not name.startswith("emulator/") and name != "demo.py":
-            assert not any(m.startswith("proxy.emulator") for m in found), name
+            assert not any(m.startswith("proxy.emulator") for m in found), (
+                f"{name}: only demo.py uses the emulator ({RULES})"
+            )
 
 
 def test_only_settings_reads_the_environment() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name != "settings.py":
             text = path.read_text()
-            assert "os.environ" not in text, path
-            assert "getenv" not in text, path
+            assert "os.environ" not in text, (
+                f"{path}: only settings.py reads the environment ({RULES})"
+            )
+            assert "getenv" not in text, f"{path}: only settings.py reads the environment ({RULES})"
 
 
 def test_no_module_level_mutable_state() -> None:
@@ -79,3 +91,17 @@ def test_no_utils_module() -> None:
     assert not [
         p for p in PACKAGE.rglob("*.py") if p.stem in {"utils", "helpers", "misc", "common"}
     ]
+
+
+def test_every_cited_document_exists() -> None:
+    """Comments cite docs/*.md for the reasons behind the code; a citation of a page that does
+    not exist (renamed, never written) leaves the next maintainer with nothing to read."""
+    cited = re.compile(r"docs/([A-Za-z0-9_-]+\.md)")
+    missing = sorted(
+        f"{path.relative_to(ROOT)}: docs/{name}"
+        for tree in ("proxy", "tests")
+        for path in (ROOT / tree).rglob("*.py")
+        for name in set(cited.findall(path.read_text(encoding="utf-8")))
+        if not (ROOT / "docs" / name).is_file()
+    )
+    assert not missing, "cited but not in docs/:\n" + "\n".join(missing)
