@@ -14,17 +14,15 @@ value may be a secret.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 
 from proxy.addresses import is_loopback_host
-from proxy.clouds import CLOUDS, cloud_of_host
+from proxy.clouds import CLOUDS
 from proxy.errors import ConfigError
 from proxy.policy import DEFAULT_RULES, OPEN_RULES, Rule, parse_rules
 from proxy.settings_credentials import (
@@ -38,9 +36,9 @@ from proxy.settings_credentials import (
     resolved_kind,
 )
 from proxy.settings_names import env_file_problems, environment_warnings
+from proxy.settings_notices import known_secrets, probable_mistakes
 from proxy.settings_placeholders import placeholder_problems
 from proxy.settings_schema import CredentialChoice, SettingsFields, SettingsSource
-from proxy.settings_values import looks_like_secret_id
 
 
 class SettingsError(ConfigError):
@@ -164,75 +162,6 @@ def _bind_problems(fields: SettingsFields, keys: tuple[str, ...]) -> list[str]:
     return problems
 
 
-def _secrets(fields: SettingsFields, keys: tuple[str, ...]) -> tuple[str, ...]:
-    secrets = [
-        s.get_secret_value()
-        for s in (fields.client_secret, fields.client_certificate_password, fields.identity_header)
-        if s is not None
-    ]
-    if fields.token_proxy is not None:
-        secrets.append(urlsplit(fields.token_proxy.get_secret_value()).password or "")
-    if fields.client_secret_file is not None:
-        # Read here for the redactor only; the credential reads it again at every token
-        # request, so that a rotated secret is picked up.
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            secrets.append(fields.client_secret_file.read_text(encoding="utf-8").strip())
-    return tuple(s for s in (*secrets, *keys) if s)
-
-
-def _notices(fields: SettingsFields) -> list[str]:
-    out = []
-    secret = fields.client_secret.get_secret_value() if fields.client_secret else ""
-    if looks_like_secret_id(secret):
-        out.append(
-            "AZURE_CLIENT_SECRET looks like a GUID: that is usually the secret's ID; "
-            "the proxy needs the secret's Value (shown once, when the secret is created)"
-        )
-    if fields.credential not in ("auto", "secret", "certificate", "workload-identity"):
-        ignored = app_credentials_given(fields)
-        if ignored:
-            out.append(
-                f"{', '.join(ignored)} set but not used: FOUNDRY_PROXY_CREDENTIAL is "
-                f"{fields.credential}"
-            )
-    host = (urlsplit(fields.upstream).hostname or "").lower()
-    cloud = cloud_of_host(host)
-    if cloud is not None and cloud != fields.cloud:
-        out.append(
-            f"FOUNDRY_PROXY_UPSTREAM is a {cloud} cloud host but FOUNDRY_PROXY_CLOUD is "
-            f"{fields.cloud}: set FOUNDRY_PROXY_CLOUD={cloud} so the login host and scope match"
-        )
-    elif cloud is None and not is_loopback_host(host):
-        out.append(
-            f"FOUNDRY_PROXY_UPSTREAM {host} is not a usual Azure OpenAI / Foundry host of the "
-            f"{fields.cloud} cloud: fine for a private endpoint or custom domain, otherwise "
-            "check it"
-        )
-    return out + _exposed_secret_files(fields)
-
-
-def _exposed_secret_files(fields: SettingsFields) -> list[str]:
-    """Secret files every local user can read (docs/security.md). A warning, not an error:
-    Kubernetes mounts Secrets 0644 unless told otherwise, and inside a pod that may be
-    acceptable; on a shared machine it is not."""
-    out = []
-    for path, name in (
-        (fields.client_secret_file, "AZURE_CLIENT_SECRET_FILE"),
-        (fields.client_certificate_path, "AZURE_CLIENT_CERTIFICATE_PATH"),
-        (fields.api_keys_file, "FOUNDRY_PROXY_API_KEYS_FILE"),
-    ):
-        try:
-            mode = path.stat().st_mode if path is not None else 0
-        except OSError:
-            continue
-        if mode & 0o004:
-            out.append(
-                f"{name} ({path}) can be read by every user of this machine: chmod 600 it "
-                "(in Kubernetes, defaultMode: 0400 on the Secret volume)"
-            )
-    return out
-
-
 def _resolve(fields: SettingsFields, problems: list[str], misspelt: list[str]) -> Settings | None:
     """The runtime settings for ``fields``; None, with ``problems`` extended, when a
     cross-field rule fails."""
@@ -259,8 +188,8 @@ def _resolve(fields: SettingsFields, problems: list[str], misspelt: list[str]) -
         allow_rules=(*parse_rules(",".join(base)), *parse_rules(fields.allow)),
         deny_rules=tuple(parse_rules(fields.deny)),
         inbound_key_values=keys,
-        secret_values=_secrets(fields, keys),
-        notices=(*_notices(fields), *misspelt),
+        secret_values=known_secrets(fields, keys),
+        notices=(*probable_mistakes(fields), *misspelt),
         misspelt_names=tuple(misspelt),
     )
 

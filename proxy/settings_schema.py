@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.clouds import CloudName
 from proxy.policy import parse_rules
-from proxy.settings_values import TENANT_ALIASES, is_domain, is_guid, origin, scope
+from proxy.settings_values import guid, local_endpoint, origin, resource_id, scope, tenant
 
 IMDS_ENDPOINT = "http://169.254.169.254"
 
@@ -198,58 +198,27 @@ class SettingsFields(BaseModel):
     @field_validator("tenant_id")
     @classmethod
     def _check_tenant(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        v = v.strip()
-        if v.lower() in TENANT_ALIASES:
-            raise ValueError(
-                f"{v!r} cannot issue app tokens: use your tenant's ID (a GUID) "
-                "or its domain such as contoso.onmicrosoft.com"
-            )
-        if not (is_guid(v) or is_domain(v)):
-            raise ValueError(
-                "must be a tenant ID (a GUID) or a domain like contoso.onmicrosoft.com"
-            )
-        return v
+        return None if v is None else tenant(v)
 
     @field_validator("client_id")
     @classmethod
     def _check_client_id(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        v = v.strip()
-        if not is_guid(v):
-            raise ValueError("must be the App Registration's Application (client) ID, a GUID")
-        return v
+        return None if v is None else guid(v, "the App Registration's Application (client) ID")
 
     @field_validator("managed_identity_object_id")
     @classmethod
     def _check_object_id(cls, v: str | None) -> str | None:
-        if v is not None and not is_guid(v):
-            raise ValueError("must be the managed identity's object (principal) ID, a GUID")
-        return v.strip() if v else None
+        return None if v is None else guid(v, "the managed identity's object (principal) ID")
 
     @field_validator("managed_identity_resource_id")
     @classmethod
     def _check_resource_id(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip().lower().startswith("/subscriptions/"):
-            raise ValueError(
-                "must be an Azure resource ID: /subscriptions/<id>/resourceGroups/<group>/"
-                "providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"
-            )
-        return v.strip() if v else None
+        return None if v is None else resource_id(v)
 
     @field_validator("identity_endpoint", "imds_endpoint")
     @classmethod
     def _check_identity_endpoint(cls, v: str | None) -> str | None:
-        # Managed identity endpoints are plain http on a local or link-local address by design
-        # (the platform's own agent), so http is allowed here whatever the host.
-        if v is None:
-            return v
-        parts = urlsplit(v.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// URL")
-        return v.strip().rstrip("/")
+        return None if v is None else local_endpoint(v)
 
     @field_validator("token_proxy")
     @classmethod

@@ -35,6 +35,44 @@ def looks_like_secret_id(secret: str) -> bool:
     return is_guid(secret)
 
 
+def tenant(value: str) -> str:
+    value = value.strip()
+    if value.lower() in TENANT_ALIASES:
+        raise ValueError(
+            f"{value!r} cannot issue app tokens: use your tenant's ID (a GUID) "
+            "or its domain such as contoso.onmicrosoft.com"
+        )
+    if not (is_guid(value) or is_domain(value)):
+        raise ValueError("must be a tenant ID (a GUID) or a domain like contoso.onmicrosoft.com")
+    return value
+
+
+def guid(value: str, what: str) -> str:
+    value = value.strip()
+    if not is_guid(value):
+        raise ValueError(f"must be {what}, a GUID")
+    return value
+
+
+def resource_id(value: str) -> str:
+    value = value.strip()
+    if not value.lower().startswith("/subscriptions/"):
+        raise ValueError(
+            "must be an Azure resource ID: /subscriptions/<id>/resourceGroups/<group>/"
+            "providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"
+        )
+    return value
+
+
+def local_endpoint(value: str) -> str:
+    """A managed identity endpoint: plain http on a local or link-local address by design (the
+    platform's own agent), so http is allowed whatever the host."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// URL")
+    return value.strip().rstrip("/")
+
+
 def origin(value: str, example: str, *, allow_path: bool) -> str:
     """Validate an absolute http(s) URL and return it without a trailing slash.
 
