@@ -105,7 +105,7 @@ def _credential_failure(exc: ConfigError) -> Step:
         "fail",
         exc.problems[0],
         cause=problem_list(exc.problems[1:]),
-        fix="see the README section of the credential you mean to use",
+        fix="see docs/credentials.md for the credential you mean to use",
         details={"problems": exc.problems},
     )
 

@@ -7,7 +7,7 @@ bounds"); ``ListenerLimits`` carries them, from the settings:
   ``max_header_bytes`` (else 431). The deadline also runs from the first byte an idle
   keep-alive connection receives: llhttp skips blank lines between messages without starting
   one, and uvicorn resets its keep-alive timer on every byte, so a CRLF every few seconds kept
-  a connection forever (slowloris; test-plan finding 4);
+  a connection forever (slowloris; docs/security.md, "Slow clients");
 - a request body must keep coming: each ``body_timeout`` window must bring at least
   ``body_min_rate`` bytes per second (else 408), unless the proxy itself stopped reading;
 - an answer the client stops reading is abandoned after ``send_timeout`` seconds without
@@ -27,7 +27,7 @@ bounds"); ``ListenerLimits`` carries them, from the settings:
   9.6), so that no reset destroys an answer (a 413, a 400) before the client reads it.
 
 The parser is pinned to httptools (llhttp): it refuses obs-fold, conflicting Content-Length and
-malformed chunked framing (test-plan finding 3); Content-Length together with
+malformed chunked framing (docs/security.md, "HTTP parsers"); Content-Length together with
 Transfer-Encoding is refused by the forwarder (rewrite.py). ``parser_in_use`` asserts at
 startup that this is the parser in use.
 """
@@ -434,7 +434,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self.url and not url.startswith(b"/"):
             # Absolute-form ("http://host/x"), authority-form (CONNECT) and "*" targets: a
             # reverse proxy serves origin-form only (RFC 9112 section 3.2), and a target naming
-            # another host must never look like a path of ours (test-plan A6, A7).
+            # another host must never look like a path of ours (docs/security.md, A6 and A7).
             raise ValueError("request target is not in origin form")
         super().on_url(url)
 

@@ -2,7 +2,7 @@
 
 The client's handshake is judged like any request (route, policy, Host and Origin, inbound
 keys); the upstream handshake is made by aiohttp, on the forwarder's session, with the
-provider's bearer token and none of the client's credentials (azure-protocols.md section 5,
+provider's bearer token and none of the client's credentials (docs/azure.md, section 6,
 Realtime). Frames then pass both ways as they are, text as text and binary as binary; close
 codes and reasons pass too, and either side closing closes the other. The token is checked
 only at the handshake, so a session outlives it; new sessions take the current one.

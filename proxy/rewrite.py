@@ -224,7 +224,7 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> Inbound:
         raise BadTarget(400, "the request must carry exactly one non-empty Host header")
     if chunked and inbound.length is not None:
         # RFC 9112 section 6.1: a message with both may be a smuggling attempt; a proxy should
-        # refuse it and close the connection (nginx has since 1.21.1). Test-plan A1.
+        # refuse it and close the connection (nginx has since 1.21.1). docs/security.md, A1.
         raise BadTarget(400, "Content-Length together with Transfer-Encoding is not accepted")
     if not encodings:
         # Bodies pass through undecoded, so the upstream may compress only what the client

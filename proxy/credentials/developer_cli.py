@@ -1,7 +1,7 @@
 """Tokens from the developer's own sign-in: Azure CLI (``az``) and Azure Developer CLI (``azd``).
 
 Each token call runs the CLI as a subprocess (never through a shell) and reads its JSON answer
-(azure-protocols.md section 3). A call costs a Python or Go process start, about 0.5-1 s, and
+(docs/azure.md, section 3). A call costs a Python or Go process start, about 0.5-1 s, and
 neither CLI promises a cheap cache of its own; that is fine because the TokenProvider holds the
 token and refreshes it in the background, so the CLI runs once per refresh, never per request.
 
@@ -245,7 +245,7 @@ def _resource(scope: str) -> str:
 
 
 class AzureCli(_DeveloperCli):
-    """``az account get-access-token`` (MicrosoftDocs/azure-docs-cli; azure-protocols.md 3)."""
+    """``az account get-access-token`` (MicrosoftDocs/azure-docs-cli; docs/azure.md, section 3)."""
 
     kind = "Azure CLI"
     _bearer_key = "accessToken"
@@ -279,7 +279,7 @@ class AzureCli(_DeveloperCli):
 
 
 class AzureDeveloperCli(_DeveloperCli):
-    """``azd auth token`` (azure-protocols.md section 3)."""
+    """``azd auth token`` (docs/azure.md, section 3)."""
 
     kind = "Azure Developer CLI"
     _bearer_key = "token"

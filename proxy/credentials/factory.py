@@ -1,4 +1,5 @@
-"""The one place that turns settings into a credential (DESIGN.md: the only branch on kind)."""
+"""The one place that turns settings into a credential, the only branch on its kind
+(docs/architecture.md, Modules)."""
 
 from __future__ import annotations
 

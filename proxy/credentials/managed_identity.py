@@ -1,6 +1,6 @@
 """Managed identity: tokens from the Azure platform's local identity endpoint, no secret held.
 
-Two endpoints serve the same purpose (azure-protocols.md section 2):
+Two endpoints serve the same purpose (docs/azure.md, section 2):
 
 - App Service, Functions and Container Apps run a local endpoint guarded by a per-process
   header value (App Service managed identity docs, api-version 2019-08-01);

@@ -3,7 +3,7 @@
 It checks tenant, client id, the client's proof (secret, federated token or certificate
 assertion) and scope in Entra's order and answers failures with the real AADSTS codes and error
 body shape, so the proxy's error handling meets what it will meet in production
-(azure-protocols.md section 1).
+(docs/azure.md, section 1).
 """
 
 from __future__ import annotations

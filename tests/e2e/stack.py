@@ -123,7 +123,7 @@ class Stack:
 
     def canaries(self) -> list[str]:
         """Strings that must never appear in a log or a response: the secret, its random part's
-        first and last 8 characters, its base64 and URL-encoded forms (test-plan D35), and
+        first and last 8 characters, its base64 and URL-encoded forms (docs/security.md, D35), and
         every token issued."""
         random_part = self.secret.removeprefix("CANARY-SECRET-")
         encoded = base64.b64encode(self.secret.encode()).decode()

@@ -15,7 +15,7 @@ Control keys (all optional):
 - ``sleep``: seconds for mode "sleep" (default 30);
 - ``stdout``, ``stderr``, ``exit``: what mode "raw" prints and its exit status.
 
-The outputs and error texts follow the real tools (azure-protocols.md section 3).
+The outputs and error texts follow the real tools (docs/azure.md, section 3).
 """
 
 from __future__ import annotations

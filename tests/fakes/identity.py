@@ -2,7 +2,7 @@
 
 Both check what the real ones check (the guard header, api-version, resource, the user-assigned
 selector) and answer with the real body shapes, numbers as JSON strings included
-(azure-protocols.md section 2). Each has a call journal and a script of answers used first.
+(docs/azure.md, section 2). Each has a call journal and a script of answers used first.
 Serve ``.app`` with tests.fakes.serve.ServerThread.
 """
 

@@ -1,4 +1,4 @@
-"""Upstream faults at the TCP level (test plan F54-F60), through a fault-injecting proxy.
+"""Upstream faults at the TCP level (docs/security.md, F54-F60), through a fault-injecting proxy.
 
 The proxy under test points at a ``FaultProxy`` that relays to the stack's fake Foundry and
 breaks the connection on purpose: refused, black-holed, slow, reset, truncated, stalled,

@@ -6,11 +6,11 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "load: plan-size load cases (1,000 streams of 200 events); opt in with -m load",
+        "load: full-size load cases (1,000 streams of 200 events); opt in with -m load",
     )
     config.addinivalue_line(
         "markers",
-        "soak: hours-long run (test-plan H67); opt in with -m soak and FOUNDRY_PROXY_SOAK_SECONDS",
+        "soak: hours-long run (docs/security.md, H67); opt in: -m soak, FOUNDRY_PROXY_SOAK_SECONDS",
     )
 
 

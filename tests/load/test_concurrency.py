@@ -143,7 +143,7 @@ RAMP = 1.0
     [
         # 40 events, 50 ms apart: ~2 s per stream; about 12 s for the whole test here.
         pytest.param(1000, 36, id="1000x40-events"),
-        # The plan's size: 200 events (~10 s per stream).
+        # H65's full size (docs/security.md): 200 events (~10 s per stream).
         pytest.param(1000, 196, id="1000x200-events", marks=pytest.mark.load),
     ],
 )

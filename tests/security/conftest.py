@@ -1,4 +1,4 @@
-"""Fixtures for the security suite (test plan sections A, B and C)."""
+"""Fixtures for the security suite (docs/security.md, sections A, B and C)."""
 
 from __future__ import annotations
 

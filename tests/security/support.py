@@ -1,4 +1,4 @@
-"""Shared checks for the security suite: the invariants every case asserts (test plan section 3:
+"""Shared checks for the security suite: the invariants every case asserts (docs/security.md:
 the process is alive, no 500 or traceback, no canary in an answer, nothing reached another host)
 and helpers to read what the upstream saw."""
 
@@ -10,7 +10,7 @@ from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
 from tests.fakes.rawsock import Exchange
 
-# Local prefix -> upstream prefix (DESIGN.md, "Routes proxied").
+# Local prefix -> upstream prefix (docs/routes.md, "Routes").
 ROUTES = (
     ("/v1/", "/openai/v1/"),
     ("/openai/", "/openai/"),
@@ -22,7 +22,7 @@ CRASH_MARKERS = ("Traceback", "Exception in ASGI application", "Task exception w
 
 
 def mapped(local_path: str) -> str | None:
-    """The upstream path DESIGN.md maps a local path to, or None when it is not a route."""
+    """The upstream path docs/routes.md maps a local path to, or None when it is not a route."""
     for local, upstream in ROUTES:
         if local_path.startswith(local):
             return upstream + local_path[len(local) :]

@@ -1,4 +1,4 @@
-"""Header rules, checked against what the upstream saw: test plan section B (B15-B26).
+"""Header rules, checked against what the upstream saw: docs/security.md section B (B15-B26).
 
 Request-side cases run against the fake Foundry and its journal; response-side cases (B20-B22)
 against ``ScriptedUpstream``, which plays hop-by-hop fields, gzip with Content-Length and

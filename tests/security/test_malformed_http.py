@@ -1,7 +1,7 @@
-"""Malformed HTTP over raw sockets: test plan section A (cases A1-A13 as a corpus, A14 fuzzing).
+"""Malformed HTTP over raw sockets: docs/security.md, A1-A13 as a corpus and A14 fuzzing.
 
 Each corpus entry is exact bytes plus the expected outcome. Every case also asserts the
-invariants of plan section 3: the proxy process is alive, no answer is a 500 or carries a
+invariants of docs/security.md: the proxy process is alive, no answer is a 500 or carries a
 traceback (nor does the proxy log one), nothing reached the evil listeners on 127.0.0.2/.3,
 and the fake Foundry's journal holds only the requests the case meant to forward.
 
@@ -156,7 +156,7 @@ CORPUS: list[Case] = [
         501,
     ),
     # RFC 9110 section 5.6.3: whitespace around a field value is OWS, a tab included, so this
-    # is plain chunked framing (the plan lists it among refusals; the RFC decides).
+    # is plain chunked framing (once listed among A2's refusals; the RFC decides).
     accepted(
         "A2-te-tab-prefixed-value",
         request(POST_CHAT, b"Transfer-Encoding:\tchunked", body=CHUNKED_BODY),

@@ -1,4 +1,4 @@
-"""Where a secret could leak besides logs and answers (test-plan D38, D39): the command line,
+"""Where a secret could leak besides logs and answers (docs/security.md D38, D39): the command line,
 the disk, and the proxy's own endpoints."""
 
 from __future__ import annotations

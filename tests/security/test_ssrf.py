@@ -1,6 +1,6 @@
-"""SSRF, paths and destination: test plan section C (C27, C28, C30-C34; C29 is tested elsewhere).
+"""SSRF, paths and destination: docs/security.md, C27, C28, C30-C34 (C29 is tested elsewhere).
 
-The invariant (plan section 0): the token leaves only to the configured host:port, for the path
+The invariant (docs/security.md): the token leaves only to the configured host:port, for the path
 that was checked. Every case checks the fake upstream's journal, the evil listeners on
 127.0.0.2/.3, and that no token or secret comes back to the client.
 """
@@ -328,7 +328,7 @@ def _run_proxy(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     ],
 )
 def test_c32_unsafe_upstreams_are_refused_at_startup(upstream: str, says: str) -> None:
-    """C32 (DESIGN.md): https required except for loopback hosts; no userinfo, path, query or
+    """C32 (docs/security.md): https required except for loopback hosts; no userinfo, path, query or
     other scheme. Exit code 2, a message naming the setting, and no value echoed."""
     result = _run_proxy({"FOUNDRY_PROXY_UPSTREAM": upstream})
     output = result.stdout + result.stderr

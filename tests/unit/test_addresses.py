@@ -13,7 +13,7 @@ from proxy.addresses import host_of_authority, is_loopback_host
         ("127.0.0.1", "127.0.0.1"),
         (":8787", ""),
         # Not authorities at all (RFC 3986 section 3.2.2): an IPv6 host needs brackets, and
-        # nothing may follow the port or the bracket (test-plan B23).
+        # nothing may follow the port or the bracket (docs/security.md, B23).
         ("::1", ""),
         ("127.0.0.1:8787@evil.example", ""),
         ("[::1]evil.example", ""),

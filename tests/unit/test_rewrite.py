@@ -174,7 +174,7 @@ def test_request_headers_never_carry_credentials_or_hop_by_hop(
     raw = framed
     names_in = {n for n, _ in raw}
     if {b"content-length", b"transfer-encoding"} <= names_in:
-        with pytest.raises(BadTarget):  # test-plan A1: both framings at once are refused
+        with pytest.raises(BadTarget):  # docs/security.md, A1: both framings at once are refused
             request_headers(raw)
         return
     out = request_headers(raw).headers
