@@ -34,6 +34,21 @@ _FORBIDDEN_ESCAPES = frozenset({0x25, 0x2E, 0x2F, 0x5C, 0x7F, *range(0x20), *ran
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Printable ASCII except "#": a fragment never belongs in a request target.
 _QUERY_BYTES = frozenset(range(0x21, 0x7F)) - {0x23}
+# Query parameters that carry a client's credential (Azure's api-key and subscription-key, RFC
+# 6750 section 2.3's access_token, ...), by the normal form of their names: percent-decoded
+# (repeatedly: some servers decode twice), lower-cased, letters and digits only, so api%2Dkey,
+# %61pi-key, API_KEY, api-key%20 and api-key[] are all "apikey". A name that starts with one of
+# these is dropped too (api-key%3Dx is a name to a server that decodes before it splits).
+_CREDENTIAL_PARAMS = (
+    b"apikey",
+    b"xapikey",
+    b"subscriptionkey",
+    b"ocpapimsubscriptionkey",
+    b"accesstoken",
+    b"authorization",
+)
+# Without one of these (in any case) no name can have a credential's normal form.
+_CREDENTIAL_HINTS = (b"%", b"key", b"token", b"auth")
 
 
 class BadTarget(ValueError):
@@ -93,10 +108,54 @@ def map_target(raw_path: bytes, query: bytes) -> Target:
             "/anthropic/",
         )
     _check_path(raw_path)
-    if query and not _QUERY_BYTES.issuperset(query):
-        raise BadTarget(400, "the query string contains characters that are not allowed")
+    if query:
+        if not _QUERY_BYTES.issuperset(query):
+            raise BadTarget(400, "the query string contains characters that are not allowed")
+        query = without_credentials(query)
     path = upstream + raw_path[len(local) :].decode("ascii")
     return Target(path + "?" + query.decode("ascii") if query else path, projects, path)
+
+
+def without_credentials(query: bytes) -> bytes:
+    """``query`` without the parameters that carry a credential (_CREDENTIAL_PARAMS): the
+    proxy's token is the only credential the upstream gets, for HTTP and WebSocket alike.
+    Parameters are split on "&" and, as some servers also do, on ";"."""
+    lowered = query.lower()
+    if not any(hint in lowered for hint in _CREDENTIAL_HINTS):
+        return query
+    kept = [part for part in query.split(b"&") if not _carries_credential(part)]
+    return b"&".join(kept)
+
+
+def _carries_credential(part: bytes) -> bool:
+    for piece in part.split(b";"):
+        name = _normal_name(piece.split(b"=", 1)[0])
+        if name.startswith(_CREDENTIAL_PARAMS):
+            return True
+    return False
+
+
+def _normal_name(name: bytes) -> bytes:
+    for _ in range(3):
+        if b"%" not in name:
+            break
+        name = _percent_decoded(name)
+    return bytes(c for c in name.lower() if 0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A)
+
+
+def _percent_decoded(text: bytes) -> bytes:
+    """RFC 3986 section 2.1 decoding; a "%" not followed by two hex digits stays as it is."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        pair = text[i + 1 : i + 3]
+        if text[i] == 0x25 and len(pair) == 2 and _HEX.issuperset(pair):
+            out.append(int(pair, 16))
+            i += 3
+        else:
+            out.append(text[i])
+            i += 1
+    return bytes(out)
 
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus their common non-standard relatives.
