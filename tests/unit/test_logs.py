@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 
-from proxy.logs import REDACTED, RedactingFormatter
+from proxy.logs import REDACTED, HandshakeFilter, RedactingFormatter, configure_logging
 
 SECRET = "CANARY-SECRET-logs-0123456789"
 
@@ -62,3 +62,55 @@ def test_a_key_in_a_websocket_subprotocol_is_redacted() -> None:
     text = fmt("< sec-websocket-protocol: realtime, openai-insecure-api-key.sk-abc123XYZ, x")
     assert "sk-abc123XYZ" not in text
     assert "realtime" in text
+
+
+def _handshake_line(msg: str, *args: object) -> str:
+    """A record as uvicorn or websockets logs it on "uvicorn.error", through the filter that
+    configure_logging installs there, then the formatter."""
+    record = logging.LogRecord("uvicorn.error", logging.DEBUG, __file__, 1, msg, args, None)
+    assert HandshakeFilter().filter(record)
+    return fmt_record(record)
+
+
+def fmt_record(record: logging.LogRecord) -> str:
+    return RedactingFormatter("%(message)s", [SECRET]).format(record)
+
+
+def test_handshake_header_values_are_shown_only_for_harmless_headers() -> None:
+    for name in ("x-functions-key", "X-Auth-Token", "token", "x-client-secret", "x-new-thing"):
+        for direction in ("<", ">"):
+            text = _handshake_line(f"{direction} %s: %s", name, "CANARY-value-0123")
+            assert text == f"{direction} {name}: {REDACTED}"
+    assert _handshake_line("< %s: %s", "User-Agent", "sdk/1.0") == "< User-Agent: sdk/1.0"
+    assert _handshake_line("< %s: %s", "sec-websocket-protocol", "realtime, k") == (
+        f"< sec-websocket-protocol: {REDACTED}"
+    )
+
+
+def test_handshake_request_targets_lose_their_query() -> None:
+    target = "/v1/realtime?model=dep&api%2Dkey=CANARY-q-0123"
+    text = _handshake_line("< %s %s %s", "GET", target, "HTTP/1.1")
+    assert text == f"< GET /v1/realtime?{REDACTED} HTTP/1.1"
+    for outcome in ("[accepted]", "403", "%d"):
+        msg = '%s - "WebSocket %s" ' + outcome
+        args: tuple[object, ...] = ("127.0.0.1:5000", target)
+        if outcome == "%d":
+            args += (401,)
+        text = _handshake_line(msg, *args)
+        assert "CANARY" not in text
+        assert "model=dep" not in text
+        assert "/v1/realtime" in text
+
+
+def test_configure_logging_installs_the_filter_once() -> None:
+    root, uvicorn_error = logging.getLogger(), logging.getLogger("uvicorn.error")
+    saved = (list(root.handlers), root.level, list(uvicorn_error.filters))
+    try:
+        configure_logging("info")
+        configure_logging("debug")
+        filters = uvicorn_error.filters
+        assert sum(isinstance(f, HandshakeFilter) for f in filters) == 1
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        uvicorn_error.filters[:] = saved[2]
