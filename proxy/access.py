@@ -5,22 +5,39 @@ thread of their own, so a slow stdout reader (a log shipper, a terminal being sc
 blocks the proxy. The thread belongs to the app's lifespan: started with it, drained and
 joined when it ends. A line holds no header value that can carry a secret and no query string
 (callers put api-key=... there).
+
+A record is one line whatever its fields hold: what a client chose (the path, the model its
+body names, its x-ms-client-request-id) and what the upstream sent (its request id) is cut to a
+bounded length, and every character that could end a line or hide text (controls, C1 controls
+such as U+0085, U+2028, U+2029, format characters) is escaped: as JSON's \\uXXXX in JSON
+lines, as \\xXX, \\uXXXX in text lines, where a space, which separates fields, is escaped too.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from json.encoder import encode_basestring
+from json.encoder import encode_basestring_ascii
 from typing import Literal, TextIO
 
 from proxy.metrics import Exchange
 
-# The C implementation behind json.dumps for one string: quotes and escapes it.
-_quote: Callable[[str], str] = encode_basestring
+# The C implementation behind json.dumps(ensure_ascii=True) for one string: quotes it and
+# escapes every control and non-ASCII character, line separators included.
+_quote: Callable[[str], str] = encode_basestring_ascii
+# Longest field values written (characters); a longer one is cut and marked with "...".
+MAX_PATH = 1024
+MAX_FIELD = 256
+# Lines waiting for the writer thread at most (~3 MB): a stdout nobody reads must not make the
+# queue grow by a line per request. Lines past it are dropped, counted and warned about.
+MAX_QUEUED = 10_000
+_WARN_EVERY = 1000
+
+log = logging.getLogger("foundry_proxy")
 
 AccessFormat = Literal["json", "text", "off"]
 _STOP_TEXT = "\x00stop"
@@ -37,6 +54,7 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         self._second = 0
         self._stamp = ""
+        self.dropped = 0  # lines dropped because the writer was MAX_QUEUED lines behind
 
     def start(self) -> None:
         if self.enabled and self._thread is None:
@@ -60,7 +78,7 @@ class AccessLog:
             try:
                 batch.append(self._lines.get())
                 time.sleep(BATCH_INTERVAL)  # noqa: TID251 - the writer thread, not the loop
-                while True:
+                while len(batch) < MAX_QUEUED:
                     batch.append(self._lines.get_nowait())
             except queue.Empty:
                 pass
@@ -87,6 +105,16 @@ class AccessLog:
     def record(self, x: Exchange) -> None:
         if not self.enabled:
             return
+        if self._lines.qsize() >= MAX_QUEUED:
+            self.dropped += 1
+            if self.dropped % _WARN_EVERY == 1:
+                log.warning(
+                    "access log: stdout is not being read; %d lines dropped so far (at most "
+                    "%d wait to be written)",
+                    self.dropped,
+                    MAX_QUEUED,
+                )
+            return
         ended = x.ended if x.ended is not None else time.perf_counter()
         duration = round((ended - x.started) * 1000, 1)
         ttfb = round((x.first_byte - x.started) * 1000, 1) if x.first_byte is not None else None
@@ -94,8 +122,11 @@ class AccessLog:
             # Built by hand with the C string encoder: json.dumps of a dict was half of the
             # access log's cost per request (benchmark, operations issue).
             q = _quote
+            path, model = _cut(x.path, MAX_PATH), _cut(x.model, MAX_FIELD)
+            request_id = _cut(x.client_request_id, MAX_FIELD)
+            apim_id = _cut(x.apim_request_id, MAX_FIELD)
             usage = f',"tokens":{x.usage.total}' if x.usage is not None else ""
-            error = f',"error":{q(x.upstream_error)}' if x.upstream_error else ""
+            error = f',"error":{q(_cut(x.upstream_error, MAX_FIELD))}' if x.upstream_error else ""
             if x.close_code is not None:
                 error += (
                     f',"close_code":{x.close_code},"frames_in":{x.frames_in},'
@@ -103,17 +134,41 @@ class AccessLog:
                 )
             self._lines.put(
                 f'{{"time":"{self._now()}","method":{q(x.method)},"route":"{x.route}",'
-                f'"path":{q(x.path)},"status":{x.status},"duration_ms":{duration},'
+                f'"path":{q(path)},"status":{x.status},"duration_ms":{duration},'
                 f'"ttfb_ms":{"null" if ttfb is None else ttfb},"bytes_in":{x.bytes_in},'
                 f'"bytes_out":{x.bytes_out},"streamed":{"true" if x.streamed else "false"},'
-                f'"model":{q(x.model) if x.model else "null"},'
-                f'"client_request_id":{q(x.client_request_id) if x.client_request_id else "null"},'
-                f'"apim_request_id":{q(x.apim_request_id) if x.apim_request_id else "null"},'
+                f'"model":{q(model) if model else "null"},'
+                f'"client_request_id":{q(request_id) if request_id else "null"},'
+                f'"apim_request_id":{q(apim_id) if apim_id else "null"},'
                 f'"credential":{q(self._credential)}{usage}{error}}}'
             )
         else:
-            model = f" model={x.model}" if x.model else ""
+            model = f" model={_text(x.model, MAX_FIELD)}" if x.model else ""
             self._lines.put(
-                f"{x.method} {x.path} {x.status} {duration}ms ttfb={ttfb}ms "
-                f"in={x.bytes_in} out={x.bytes_out}{model} id={x.client_request_id}"
+                f"{x.method} {_text(x.path, MAX_PATH)} {x.status} {duration}ms ttfb={ttfb}ms "
+                f"in={x.bytes_in} out={x.bytes_out}{model} "
+                f"id={_text(x.client_request_id, MAX_FIELD)}"
             )
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def _text(value: str, limit: int) -> str:
+    """``value`` fit for a field of a text line: cut, then backslash, space and every
+    character that is not printable escaped (str.isprintable: controls, separators other than
+    the space, format characters)."""
+    value = _cut(value, limit)
+    if value.isprintable() and " " not in value and "\\" not in value:
+        return value
+    return "".join(_escaped(ch) for ch in value)
+
+
+def _escaped(ch: str) -> str:
+    if ch.isprintable() and ch not in " \\":
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
