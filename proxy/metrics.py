@@ -20,6 +20,17 @@ from proxy.credentials.provider import TokenStatus
 from proxy.usage import Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Label values that clients choose are bounded (docs/security.md, "Resource bounds"): a series
+# is made per distinct value and never expires, so 20,000 invented deployment names made
+# 40,000 series. A model or deployment gets a label of its own once the upstream has answered
+# it successfully (a 404 DeploymentNotFound mints none), up to FOUNDRY_PROXY_METRICS_MAX_MODELS
+# of them; every other one is counted as OTHER.
+OTHER = "other"
+DEFAULT_MAX_MODELS = 100
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Error kinds: the proxy's own codes, few; an upstream could send others in the header the
+# proxy reads them from.
+_MAX_ERROR_KINDS = 32
 # Model calls take from milliseconds (embeddings) to minutes (long generations).
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -95,7 +106,12 @@ class TokenCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, statuses: Callable[[], Iterable[TokenStatus]], kind: str) -> None:
+    def __init__(
+        self,
+        statuses: Callable[[], Iterable[TokenStatus]],
+        kind: str,
+        max_models: int = DEFAULT_MAX_MODELS,
+    ) -> None:
         # auto_describe off: the token collector reads the provider, which may not exist yet.
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -155,7 +171,16 @@ class Metrics:
             ["deployment", "kind"],
             registry=r,
         )
+        self.folded = Counter(
+            "foundry_proxy_metric_labels_folded",
+            f'Answers counted under model="{OTHER}": their model or deployment was not answered '
+            "successfully yet, or FOUNDRY_PROXY_METRICS_MAX_MODELS others were first",
+            registry=r,
+        )
         self._kind = kind
+        self._max_models = max_models
+        self._labelled: set[str] = set()  # models and deployments with labels of their own
+        self._error_kinds: set[str] = set()
         # Children of labelled metrics, looked up once (labels() hashes and locks each call).
         self._children: dict[tuple[str, str, int, bool], tuple[Any, Any, Any]] = {}
         self._models: dict[str, tuple[Any, ...]] = {}
@@ -171,14 +196,15 @@ class Metrics:
 
     def observe(self, x: Exchange) -> None:
         ended = x.ended if x.ended is not None else time.perf_counter()
-        key = (x.route, x.method, x.status // 100, x.streamed)
+        method = x.method if x.method in _METHODS else OTHER
+        key = (x.route, method, x.status // 100, x.streamed)
         children = self._children.get(key)
         if children is None:
             # labels() hashes and locks on every call; the combinations are few, so the
             # children are looked up once and kept.
             status = f"{x.status // 100}xx" if x.status else "none"
             children = self._children[key] = (
-                self.requests.labels(x.route, x.method, status, str(x.streamed).lower()),
+                self.requests.labels(x.route, method, status, str(x.streamed).lower()),
                 self.duration.labels(x.route),
                 self.ttfb.labels(x.route),
             )
@@ -192,8 +218,8 @@ class Metrics:
         if x.bytes_out:
             self.bytes_out.inc(x.bytes_out)
         if x.upstream_error:
-            self.upstream_errors.labels(x.upstream_error).inc()
-        model = x.model or "unknown"
+            self.upstream_errors.labels(self._error_kind(x.upstream_error)).inc()
+        model = self._model_label(x)
         if x.usage is not None:
             counters = self._models.get(model)
             if counters is None:
@@ -215,6 +241,26 @@ class Metrics:
             if gauge is None:
                 gauge = self._limits[(model, kind)] = self.ratelimit.labels(model, kind)
             gauge.set(number)
+
+    def _model_label(self, x: Exchange) -> str:
+        model = x.model
+        if not model:
+            return "unknown"
+        if model in self._labelled:
+            return model
+        if 200 <= x.status < 300 and len(self._labelled) < self._max_models:
+            self._labelled.add(model)
+            return model
+        self.folded.inc()
+        return OTHER
+
+    def _error_kind(self, kind: str) -> str:
+        if kind in self._error_kinds:
+            return kind
+        if len(self._error_kinds) < _MAX_ERROR_KINDS:
+            self._error_kinds.add(kind)
+            return kind
+        return OTHER
 
     def _cache_tokens(self, model: str, read: int, creation: int) -> None:
         """Claude's prompt-cache reads and writes (kinds cache_read, cache_creation), part of

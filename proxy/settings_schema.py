@@ -158,6 +158,10 @@ class SettingsFields(BaseModel):
     ] = 16 * 1024 * 1024
     # /metrics in Prometheus text format, and the access log on stdout.
     metrics: Annotated[bool, _env("FOUNDRY_PROXY_METRICS")] = True
+    # Models and deployments with a label of their own in /metrics; others count as "other".
+    metrics_max_models: Annotated[
+        int, _env("FOUNDRY_PROXY_METRICS_MAX_MODELS"), Field(ge=0, le=10_000)
+    ] = 100
     access_log: Annotated[Literal["json", "text", "off"], _env("FOUNDRY_PROXY_ACCESS_LOG")] = "json"
 
     @field_validator("allow", "deny")
