@@ -86,7 +86,11 @@ def create_app(
     clients = TokenClients.create(settings, tls)
     credential = credential or credential_from_settings(settings, clients)
     # The token series are read at scrape time, from the provider created just below.
-    metrics = Metrics(lambda: tokens.statuses(), credential.kind) if settings.metrics else None
+    metrics = (
+        Metrics(lambda: tokens.statuses(), credential.kind, settings.metrics_max_models)
+        if settings.metrics
+        else None
+    )
     tokens = TokenProvider(
         credential,
         primary_scope=settings.scope,
@@ -95,7 +99,7 @@ def create_app(
     )
     access = AccessLog(settings.access_log, credential.kind)
     forwarder = Forwarder(_upstream_config(settings, metrics, access), tokens, tls)
-    realtime = RealtimeRelay(forwarder, settings.ws_max_message_bytes)
+    realtime = RealtimeRelay(forwarder, settings.ws_max_message_bytes, settings.send_timeout)
     # Counted by the listener, which finds it in the lifespan state (budget.py).
     body_budget = BodyBudget(settings.max_buffered_body_bytes)
     if metrics is not None:
@@ -130,6 +134,7 @@ def create_app(
         try:
             yield {BUDGET_KEY: body_budget}
         finally:
+            await realtime.aclose()
             await forwarder.aclose()
             await tokens.aclose()
             await clients.aclose()

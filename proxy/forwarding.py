@@ -244,6 +244,19 @@ class Forwarder:
             return False
         return True
 
+    async def hold_slot(self) -> bool:
+        """A slot for a Realtime session, from the same max_concurrency as requests, waiting
+        up to queue_timeout (False: none came). The session gives it back with release_slot."""
+        try:
+            async with asyncio.timeout(self._config.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def release_slot(self) -> None:
+        self._slots.release()
+
     def _request_id(self) -> str:
         """A version-4 UUID from a generator seeded once from the OS: uuid.uuid4() reads
         os.urandom on every call, a system call per request (measured ~3 % of the CPU). Ids

@@ -34,6 +34,7 @@ from uvicorn.supervisors import Multiprocess
 
 from proxy.listener import ListenerLimits, ProxyConfig
 from proxy.settings import Settings
+from proxy.websocket_listener import GuardedWebSocketProtocol
 
 log = logging.getLogger("foundry_proxy")
 
@@ -186,6 +187,7 @@ def proxy_config(app: Any, settings: Settings, **extra: Any) -> ProxyConfig:
         head_timeout=settings.head_timeout,
         max_header_bytes=settings.max_header_bytes,
         ws_max_size=settings.ws_max_message_bytes,
+        ws=GuardedWebSocketProtocol,
         lifespan="on",
         log_config=None,  # logging is ours (logs.py), redaction included
         access_log=False,

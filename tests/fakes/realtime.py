@@ -15,8 +15,11 @@ the first subprotocol offered, and sends ``session.created`` first. Then it answ
 * any other text message -> the same text back, unchanged; a binary message -> the same bytes.
 
 Knobs: ``refuse_status`` (refuse every handshake with this HTTP status while set),
+``redirect`` ((status, location): answer every handshake with that redirect while set),
 ``close_after_connect`` ((code, reason): close right after ``session.created``),
-``choose_subprotocol`` (which of the offered subprotocols to accept).
+``stop_reading`` (after ``session.created``, read nothing more while set: a peer that stopped
+reading, so TCP pushes back on the relay), ``choose_subprotocol`` (which of the offered
+subprotocols to accept).
 
 Use ``one_origin(foundry, realtime)`` to serve it on the same origin as the FakeFoundry.
 """
@@ -106,6 +109,8 @@ class FakeRealtime:
         self.sessions: list[RealtimeSession] = []
         self._lock = threading.Lock()
         self.refuse_status: int | None = None
+        self.redirect: tuple[int, str] | None = None
+        self.stop_reading = False
         self.close_after_connect: tuple[int, str] | None = None
         self.choose_subprotocol: Callable[[list[str]], str | None] = lambda offered: (
             offered[0] if offered else None
@@ -157,6 +162,11 @@ class FakeRealtime:
         with self._lock:
             self.sessions.append(session)
         self._authenticate(session)
+        if self.redirect is not None:
+            session.status = self.redirect[0]
+            await self._redirect(scope, send, *self.redirect)
+            session.ended = time.monotonic()
+            return
         status = self._refusal(session)
         if status:
             session.status = status
@@ -171,6 +181,8 @@ class FakeRealtime:
             await self._send_json(send, session, self._session_created(session))
             if self.close_after_connect is not None:
                 await self._close(send, session, *self.close_after_connect)
+            while self.stop_reading:
+                await asyncio.sleep(0.05)
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
@@ -235,6 +247,17 @@ class FakeRealtime:
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": str(status)})
+
+    async def _redirect(self, scope: Scope, send: Send, status: int, location: str) -> None:
+        assert "websocket.http.response" in scope.get("extensions", {})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": b""})
 
     # -- events -----------------------------------------------------------------------------
 
