@@ -7,6 +7,9 @@ a new token may help. A token without a data-plane role comes as ``{"error": {"c
 "PermissionDenied"}}``: no new token helps, a role assignment does (docs/azure.md).
 """
 
+# TOKEN_REJECTED is a verdict, not a credential; ruff S105 takes it for a password.
+# ruff: noqa: S105
+
 from __future__ import annotations
 
 from enum import Enum
