@@ -50,7 +50,8 @@ from proxy.rewrite import (
 )
 from proxy.upstream_refusals import Refusal, classify_401
 from proxy.usage import (
-    JSON_LIMIT,
+    JSON_HEAD,
+    JSON_TAIL,
     STREAM_HEAD,
     STREAM_TAIL,
     from_anthropic_stream,
@@ -576,8 +577,8 @@ def _host_of(headers: list[tuple[bytes, bytes]]) -> str:
 
 class _Tap:
     """Sits on ``send``: notes status, timing, sizes and ids for an Exchange, and keeps a copy
-    of what usage can be read from (a small JSON body, or a stream's tail) without delaying or
-    changing a byte. Parsing happens in finish(), after the answer has gone out.
+    of what usage can be read from (a JSON body's head and tail, or a stream's) without
+    delaying or changing a byte. Parsing happens in finish(), after the answer has gone out.
 
     When the answer does not name the model (a stream without usage, an error, audio), the
     model is the one the request body names, if the body was small enough to be kept whole
@@ -622,10 +623,14 @@ class _Tap:
                 if len(self._kept) > 2 * STREAM_TAIL:
                     del self._kept[:-STREAM_TAIL]
             elif self._json:
+                # Whole while small; past that a bounded head and tail (usage.from_json).
                 self._kept += body
-                if len(self._kept) > JSON_LIMIT:
-                    self._json = False
-                    self._kept.clear()
+                if self._head is not None:
+                    if len(self._kept) > 2 * JSON_TAIL:
+                        del self._kept[:-JSON_TAIL]
+                elif len(self._kept) > JSON_HEAD + 2 * JSON_TAIL:
+                    self._head = self._kept[:JSON_HEAD]
+                    del self._kept[:-JSON_TAIL]
         await self._send(message)
 
     def _inspect(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -659,7 +664,9 @@ class _Tap:
             else:
                 self.x.usage = from_stream_tail(bytes(self._kept))
         elif self._json and self._kept:
-            self.x.usage = from_json(bytes(self._kept))
+            head = None if self._head is None else bytes(self._head)
+            self.x.usage = from_json(bytes(self._kept), head)
+            self._head = None
         self._kept = bytearray()
         if self.request_body is not None:
             if self._wants_model and not self.x.model:

@@ -3,7 +3,9 @@ Claude's prompt-cache reads and writes); and the model a small request body name
 that name none.
 
 The client gets every byte as the upstream sent it; this module only reads what the forwarder
-kept aside: the whole body of a small JSON answer, or the tail of a server-sent-event stream
+kept aside: the whole body of a small JSON answer, or the head and tail of a larger one (its
+``usage`` object comes last; Claude names the model first, OpenAI's embeddings and Azure's
+alphabetical chat answers just before the usage), or the tail of a server-sent-event stream
 (the usage chunk comes last, just before ``data: [DONE]``). A Claude stream splits its usage
 between its first event (``message_start``: the model and the input tokens) and its last but
 one (``message_delta``: the output tokens, and in newer API versions the input ones again), so
@@ -19,8 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# JSON answers larger than this are not kept for inspection (embeddings of big batches).
-JSON_LIMIT = 1024 * 1024
+# Of a JSON answer the forwarder keeps this much of the head (where Claude names the model) and
+# between JSON_TAIL and twice that of the tail (the usage object, a few hundred bytes): a
+# thousand answers in progress hold a few MB whatever their size (docs/security.md).
+JSON_HEAD = 4 * 1024
+JSON_TAIL = 4 * 1024
 # The usage chunk of a stream is a few hundred bytes; this much of the tail always holds it,
 # and a thousand open streams keep only a few MB for it.
 STREAM_TAIL = 4 * 1024
@@ -107,20 +112,32 @@ def model_of_request(body: bytes) -> str:
     return model if isinstance(model, str) and _MODEL_NAME.fullmatch(model) else ""
 
 
-def from_json(raw: bytes) -> Usage | None:
-    """Usage of a JSON answer. Only the ``usage`` object and the ``model`` string are decoded
-    (raw_decode from where they start): decoding a whole chat answer cost ~10 us a request,
-    about as much as the rest of the observability together (benchmark, operations issue)."""
+def from_json(raw: bytes, head: bytes | None = None) -> Usage | None:
+    """Usage of a JSON answer: ``raw`` is the whole answer, or, when ``head`` is given, the
+    last bytes of one too large to keep (``head`` its first bytes; the two do not meet). Only
+    the ``usage`` object and the ``model`` string are decoded (raw_decode from where they
+    start): decoding a whole chat answer cost ~10 us a request, about as much as the rest of
+    the observability together (benchmark, operations issue)."""
     usage_at = raw.rfind(b'"usage"')
     if usage_at == -1:
         return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    found = _value_after(text, text.rfind('"usage"'))
-    model_at = text.find('"model"')
-    model = _value_after(text, model_at) if model_at != -1 else None
+    if head is None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        model_at = text.find('"model"')
+        model = _value_after(text, model_at) if model_at != -1 else None
+        return _usage({"usage": _value_after(text, text.rfind('"usage"')), "model": model})
+    # Cut pieces may start or end inside a UTF-8 sequence: only string contents can suffer.
+    tail_text = raw.decode("utf-8", "replace")
+    found = _value_after(tail_text, tail_text.rfind('"usage"'))
+    model = None
+    for text in (head.decode("utf-8", "replace"), tail_text):
+        model_at = text.find('"model"')
+        model = _value_after(text, model_at) if model_at != -1 else None
+        if isinstance(model, str):
+            break
     return _usage({"usage": found, "model": model})
 
 

@@ -144,3 +144,29 @@ def test_text_access_log_and_metrics_off(fresh_stack: Stack) -> None:
     httpx2.post(s.url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
     assert wait_until(lambda: "POST /v1/chat/completions 200 " in proxy.log, 5)
     assert httpx2.get(s.url + "/metrics").status_code == 404
+
+
+def test_usage_of_a_large_json_answer_is_counted(fresh_stack: Stack) -> None:
+    """A 2 MiB-plus JSON answer: the proxy keeps only its head and tail, and still counts it."""
+    s = fresh_stack
+    proxy = s.start_proxy()
+    reply = httpx2.post(
+        s.url + "/v1/chat/completions",
+        json={"model": "gpt-test", "messages": MESSAGES},
+        headers={"x-fake-chunks": "300000"},
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    assert len(reply.content) > 2 * 1024 * 1024
+    usage = reply.json()["usage"]
+    assert usage["completion_tokens"] > 0
+    assert wait_until(lambda: len(_access_lines(proxy.log)) >= 1, 5)
+    series = _series(httpx2.get(s.url + "/metrics").text)
+    assert _one(series, "foundry_proxy_model_tokens_total", kind="prompt") == usage["prompt_tokens"]
+    assert (
+        _one(series, "foundry_proxy_model_tokens_total", kind="completion")
+        == usage["completion_tokens"]
+    )
+    line = _access_lines(proxy.log)[0]
+    assert line["tokens"] == usage["total_tokens"]
+    assert line["model"] == reply.json()["model"]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.usage import Usage, from_anthropic_stream, from_json, from_stream_tail
+from proxy.usage import (
+    JSON_HEAD,
+    JSON_TAIL,
+    Usage,
+    from_anthropic_stream,
+    from_json,
+    from_stream_tail,
+)
 
 
 def test_chat_completion_json() -> None:
@@ -154,3 +162,73 @@ def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
     from_json(b'{"usage": ' + raw)
     from_stream_tail(b"data: " + raw)
     from_anthropic_stream(b'data: {"type": "message_start", ' + raw, b"data: " + raw)
+
+
+def _tapped(route: str, body: bytes, chunk: int = 65536) -> tuple[Usage | None, int]:
+    """``body`` sent as a 200 JSON answer through the forwarder's tap in ``chunk``-sized
+    pieces: the usage it read and the most bytes it ever kept at once."""
+    from proxy.forwarding import _Tap
+    from proxy.metrics import Exchange
+
+    sent: list[object] = []
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    async def run() -> tuple[Usage | None, int]:
+        x = Exchange("POST", "/", route, 0.0)
+        tap = _Tap(x, send, None, True)  # type: ignore[arg-type]
+        headers = [(b"content-type", b"application/json")]
+        await tap.send({"type": "http.response.start", "status": 200, "headers": headers})
+        most = 0
+        for at in range(0, len(body), chunk):
+            piece = body[at : at + chunk]
+            await tap.send({"type": "http.response.body", "body": piece, "more_body": True})
+            most = max(most, len(tap._kept) + len(tap._head or b""))
+        await tap.send({"type": "http.response.body", "body": b""})
+        tap.finish()
+        assert b"".join(m["body"] for m in sent[1:]) == body  # type: ignore[index]
+        return x.usage, most
+
+    return asyncio.run(run())
+
+
+def test_json_answers_of_any_size_keep_a_bounded_copy_and_still_give_usage() -> None:
+    big = "é" * (1024 * 1024)  # 2 MiB of UTF-8, cut mid-character by the chunks
+    chat = {
+        "choices": [{"message": {"content": big}}],
+        "created": 1,
+        "id": "x",
+        "model": "gpt-4o-2024-11-20",  # Azure sorts keys: the model comes after the choices
+        "object": "chat.completion",
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+    embeddings = {
+        "object": "list",
+        "data": [{"embedding": [0.125] * 300_000}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    }
+    claude = {
+        "model": "claude-sonnet-4-5",
+        "id": "msg_1",
+        "type": "message",
+        "content": [{"type": "text", "text": big}],
+        "usage": _CLAUDE_USAGE,
+    }
+    cases = [
+        ("v1", chat, Usage("gpt-4o-2024-11-20", 11, 7, 18)),
+        ("v1", embeddings, Usage("text-embedding-3-small", 4, 0, 4)),
+        ("anthropic", claude, Usage("claude-sonnet-4-5", 2112, 7, 2119, 2000, 100)),
+    ]
+    for route, answer, expected in cases:
+        raw = json.dumps(answer, ensure_ascii=False).encode()
+        assert len(raw) > 2 * 1024 * 1024
+        for chunk in (65536, 1000):
+            usage, most = _tapped(route, raw, chunk)
+            assert usage == expected, (route, chunk)
+            # Never more than a head and two tails, whatever the answer's size.
+            assert most <= JSON_HEAD + 2 * JSON_TAIL + chunk, (route, chunk, most)
+    # Small answers are still read whole.
+    small = json.dumps(chat | {"choices": []}).encode()
+    assert _tapped("v1", small, 7)[0] == Usage("gpt-4o-2024-11-20", 11, 7, 18)
