@@ -205,6 +205,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._budget = budget if isinstance(budget, BodyBudget) else None
         self._held_body: HeldBody | None = None
         self._held_bodies: list[tuple[RequestResponseCycle, HeldBody]] = []
+        # Every request parsed and not answered yet, the one being answered included: uvicorn
+        # keeps only the newest, so a disconnect would leave the running one writing on.
+        self._cycles: list[RequestResponseCycle] = []
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -255,6 +258,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         for _, held in self._held_bodies:
             held.close()
         self._held_bodies = []
+        for cycle in self._cycles:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._cycles = []
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
@@ -491,6 +499,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 chunked = True
         cycle = self.cycle
         if cycle is not previous and cycle is not None:
+            self._cycles = [c for c in self._cycles if not c.response_complete]
+            self._cycles.append(cycle)
             cycle.transport = self._cycle_transport  # type: ignore[assignment]
             self._held_body = None
             if self._budget is not None and (self._body_left or chunked):
