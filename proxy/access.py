@@ -9,8 +9,8 @@ joined when it ends. A line holds no header value that can carry a secret and no
 A record is one line whatever its fields hold: what a client chose (the path, the model its
 body names, its x-ms-client-request-id) and what the upstream sent (its request id) is cut to a
 bounded length, and every character that could end a line or hide text (controls, C1 controls
-such as U+0085, U+2028, U+2029, format characters) is escaped: as JSON's \\uXXXX in JSON
-lines, as \\xXX, \\uXXXX in text lines, where a space, which separates fields, is escaped too.
+such as U+0085, U+2028, U+2029, format characters) is escaped: as a JSON \\u escape in JSON
+lines, as a \\x or \\u escape in text lines, where a space, which separates fields, is escaped too.
 """
 
 from __future__ import annotations
