@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import uvicorn
 
 from proxy.app import create_app
+from proxy.emulator import deployments
+from proxy.emulator.deployments import Deployment, Deployments
 from proxy.emulator.entra import EmulatedEntra
-from proxy.emulator.foundry import EmulatedFoundry, Faults
+from proxy.emulator.faults import Faults
+from proxy.emulator.foundry import EmulatedFoundry
 from proxy.emulator.tokens import TokenIssuer
 from proxy.errors import ConfigError
 from proxy.server import (
@@ -100,7 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="answer every Nth request with 429 and Retry-After: 2 (default off)",
+        help="answer every Nth request with 429 and Azure's throttling headers (default off)",
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds a 429 asks the client to wait (Retry-After, retry-after-ms; default 2)",
     )
     parser.add_argument(
         "--fail-every",
@@ -108,6 +118,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="answer every Nth request with 500 (default off)",
+    )
+    parser.add_argument(
+        "--deployments",
+        metavar="NAME=KIND,...",
+        help="the emulated resource's deployments, replacing the defaults ("
+        + ", ".join(f"{d.name}={d.kind}" for d in deployments.DEFAULTS)
+        + "); KIND is one of "
+        + ", ".join(deployments.KINDS)
+        + ". Other names get Azure's 404 DeploymentNotFound",
     )
 
 
@@ -124,7 +143,19 @@ def _emulator_server(app: object) -> _EmulatorServer:
     return _EmulatorServer(config)
 
 
-def banner(proxy: str, entra: str, foundry: str, faults: Faults, lifetime: float) -> str:
+def _chat_model(held: tuple[Deployment, ...]) -> str:
+    chat = next((d.name for d in held if d.kind == "chat"), None)
+    return chat or "gpt-4o-mini"
+
+
+def banner(
+    proxy: str,
+    entra: str,
+    foundry: str,
+    faults: Faults,
+    lifetime: float,
+    held: tuple[Deployment, ...] = deployments.DEFAULTS,
+) -> str:
     knobs = []
     if faults.rate_limit_every:
         knobs.append(f"429 every {faults.rate_limit_every} requests")
@@ -133,28 +164,43 @@ def banner(proxy: str, entra: str, foundry: str, faults: Faults, lifetime: float
     if faults.first_token_delay:
         knobs.append(f"first token after {faults.first_token_delay:g} s")
     knobs.append(f"tokens live {lifetime:g} s")
+    model = _chat_model(held)
+    claude = next((d.name for d in held if d.kind == "claude"), None)
+    claude_lines = (
+        f"""
+  # Claude, with the Anthropic SDK (pip install anthropic):
+  from anthropic import Anthropic
+  claude = Anthropic(base_url="{proxy}/anthropic", api_key="unused")
+  print(claude.messages.create(model="{claude}", max_tokens=256,
+      messages=[{{"role": "user", "content": "Hello"}}]).content[0].text)
+"""
+        if claude
+        else ""
+    )
     return f"""
 foundry-proxy demo: the real proxy in front of an EMULATED Entra ID and Foundry.
 No Azure account is used and nothing leaves this machine. Answers are echoes from the emulator.
 
   proxy              {proxy}
+  Anthropic base URL {proxy}/anthropic
   emulated Entra ID  {entra}
   emulated Foundry   {foundry}   ({", ".join(knobs)})
+  deployments        {", ".join(f"{d.name} ({d.kind})" for d in held)}
 
 Try it:
 
   curl -N {proxy}/v1/chat/completions -H 'Content-Type: application/json' -d \\
-    '{{"model": "gpt-4o-mini", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+    '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
   # Python, with the OpenAI SDK (pip install openai):
   from openai import OpenAI
   client = OpenAI(base_url="{proxy}/v1", api_key="unused")
   for chunk in client.chat.completions.create(
-      model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}], stream=True
+      model="{model}", messages=[{{"role": "user", "content": "Hello"}}], stream=True
   ):
       if chunk.choices and chunk.choices[0].delta.content:
           print(chunk.choices[0].delta.content, end="", flush=True)
-
+{claude_lines}
 Readiness: {proxy}/readyz   Stop: Ctrl-C
 """
 
@@ -164,6 +210,7 @@ class _Demo:
     """The emulators and the proxy's settings, each server's socket bound and listening."""
 
     faults: Faults
+    held: tuple[Deployment, ...]
     entra: EmulatedEntra
     foundry: EmulatedFoundry
     settings: Settings
@@ -182,6 +229,7 @@ def _prepare(args: argparse.Namespace) -> _Demo:
     secret = secrets.token_urlsafe(30)
     faults = Faults(
         rate_limit_every=args.rate_limit_every,
+        retry_after=args.retry_after,
         fail_every=args.fail_every,
         first_token_delay=args.first_token_delay,
         token_delay=args.token_delay,
@@ -211,8 +259,9 @@ def _prepare(args: argparse.Namespace) -> _Demo:
         )
         proxy_at = open_listeners(settings.host, settings.port)
         undo.pop_all()
-    foundry = EmulatedFoundry(issuer, faults)
-    return _Demo(faults, entra, foundry, settings, entra_at, foundry_at, proxy_at)
+    held = deployments.parse(args.deployments) if args.deployments else deployments.DEFAULTS
+    foundry = EmulatedFoundry(issuer, faults, Deployments(held))
+    return _Demo(faults, held, entra, foundry, settings, entra_at, foundry_at, proxy_at)
 
 
 def _announce(demo: _Demo, lifetime: float) -> None:
@@ -220,7 +269,7 @@ def _announce(demo: _Demo, lifetime: float) -> None:
     entra, foundry, proxy = demo.entra_at.url, demo.foundry_at.url, demo.proxy_at.url
     log.info("emulated Entra ID on %s, emulated Foundry on %s", entra, foundry)
     log.info("foundry-proxy demo listening on %s -> emulated Foundry %s", proxy, foundry)
-    print(banner(proxy, entra, foundry, demo.faults, lifetime), flush=True)
+    print(banner(proxy, entra, foundry, demo.faults, lifetime, demo.held), flush=True)
 
 
 async def _serve(demo: _Demo, proxy: DrainingServer) -> bool:
@@ -259,6 +308,14 @@ def problems(args: argparse.Namespace) -> list[str]:
     for name in ("token_delay", "first_token_delay", "rate_limit_every", "fail_every"):
         if getattr(args, name) < 0:
             out.append(f"--{name.replace('_', '-')} must not be negative")
+    if not 0 < args.retry_after <= 120:
+        # Above 120 s the OpenAI SDK gives up instead of waiting (docs/azure.md, section 9).
+        out.append("--retry-after must be more than 0 and at most 120 seconds")
+    if args.deployments is not None:
+        try:
+            deployments.parse(args.deployments)
+        except ValueError as exc:
+            out.append(f"--deployments: {exc}")
     return out
 
 

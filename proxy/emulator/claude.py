@@ -14,12 +14,54 @@ import json
 import uuid
 from typing import Any
 
+from proxy.emulator.azure_errors import DEPLOYMENT_NOT_FOUND, throttled
 from proxy.emulator.content import emulated_model, token_pieces
+from proxy.emulator.wire import Reply, json_reply
+
+# Anthropic's HTTP status for each error type (its API reference, "Errors").
+_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def error(kind: str, message: str) -> dict[str, Any]:
     """Anthropic's error body (``kind``: invalid_request_error, not_found_error, ...)."""
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def error_reply(kind: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+    return json_reply(_STATUS[kind], error(kind, message), headers)
+
+
+def deployment_not_found() -> Reply:
+    """An unknown deployment in ``model``: Anthropic's envelope, Azure's words (docs/azure.md)."""
+    return error_reply("not_found_error", DEPLOYMENT_NOT_FOUND)
+
+
+def not_a_claude_deployment(model: str) -> Reply:
+    return error_reply(
+        "invalid_request_error",
+        f"The messages operation does not work with the specified model, {model}.",
+    )
+
+
+def rate_limited(retry_after: float) -> Reply:
+    return error_reply(
+        "rate_limit_error",
+        "This request would exceed the rate limit for this deployment. Please retry after "
+        f"{max(1, round(retry_after))} seconds. (emulated)",
+        throttled(retry_after),
+    )
+
+
+def server_error() -> Reply:
+    return error_reply("api_error", "Internal server error (emulated)")
 
 
 def problem(payload: object, counting: bool) -> str | None:

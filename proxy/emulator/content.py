@@ -6,16 +6,9 @@ import hashlib
 import re
 from typing import Any
 
-DEPLOYMENTS = (
-    "emulated-gpt-4o-mini",
-    "emulated-text-embedding-3-small",
-    "emulated-whisper",
-    "emulated-claude-sonnet-4-5",  # served at /anthropic/v1/messages (claude.py)
-)
 
-
-def emulated_model(requested: str | None) -> str:
-    name = requested or DEPLOYMENTS[0]
+def emulated_model(name: str) -> str:
+    """The model an answer names for a deployment: the emulator's, never a real one."""
     return name if name.startswith("emulated-") else f"emulated-{name}"
 
 
@@ -59,16 +52,19 @@ def embedding(text: str, dimensions: int) -> list[float]:
     return [round(v / norm, 6) for v in raw]
 
 
-def multipart_file(body: bytes, content_type: str) -> tuple[str, bytes] | None:
-    """The ``file`` part of a multipart/form-data body: (filename, bytes)."""
+def multipart_parts(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """The parts of a multipart/form-data body by name: (filename or None, bytes)."""
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if not match:
-        return None
+        return {}
+    parts: dict[str, tuple[str | None, bytes]] = {}
     for part in body.split(b"--" + match.group(1).encode()):
         head, sep, data = part.partition(b"\r\n\r\n")
-        if sep and b'name="file"' in head:
+        field = re.search(rb'\bname="([^"]*)"', head)
+        if sep and field:
             name = re.search(rb'filename="([^"]*)"', head)
-            return (
-                name.group(1).decode("utf-8", "replace") if name else "file"
-            ), data.removesuffix(b"\r\n")
-    return None
+            filename = name.group(1).decode("utf-8", "replace") if name else None
+            parts.setdefault(
+                field.group(1).decode("utf-8", "replace"), (filename, data.removesuffix(b"\r\n"))
+            )
+    return parts

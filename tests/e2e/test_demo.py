@@ -84,7 +84,7 @@ def test_demo_streams_a_chat_completion_and_stops_on_ctrl_c(demo: Demo) -> None:
     with httpx2.stream(
         "POST",
         demo.url + "/v1/chat/completions",
-        json={"model": "m", "stream": True, "messages": []},
+        json={"model": "gpt-4o-mini", "stream": True, "messages": []},
     ) as r:
         assert r.headers["x-foundry-proxy-emulator"] == "true"
     banner = "".join(demo.out)
@@ -131,12 +131,12 @@ def test_demo_serves_every_emulated_route(demo: Demo) -> None:
         azure_endpoint=demo.url, api_version="2024-10-21", api_key="x", max_retries=0
     )
     reply = azure.chat.completions.create(
-        model="my-dep", messages=[{"role": "user", "content": "Hi"}]
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
     )
-    assert reply.model == "emulated-my-dep"
+    assert reply.model == "emulated-gpt-4o-mini"
     r = httpx2.post(
         demo.url + "/models/chat/completions?api-version=2024-05-01-preview",
-        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.status_code == 200
     assert r.headers["x-foundry-proxy-emulator"] == "true"

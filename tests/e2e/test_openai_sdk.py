@@ -9,7 +9,7 @@ import time
 import pytest
 from openai import AzureOpenAI
 
-from proxy.emulator.content import DEPLOYMENTS
+from proxy.emulator.deployments import DEFAULTS
 from tests.e2e.stack import Stack, openai_client
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +106,7 @@ def test_embeddings(stack: Stack) -> None:
 
 def test_models_list(stack: Stack) -> None:
     client = openai_client(stack.url)
-    assert [m.id for m in client.models.list()] == list(DEPLOYMENTS)
+    assert [m.id for m in client.models.list()] == [d.model for d in DEFAULTS]
     assert stack.foundry.entries("/models")[-1].method == "GET"
 
 

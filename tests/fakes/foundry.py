@@ -17,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.emulator.foundry import EmulatedFoundry, EmuRequest, Faults, Headers, json_reply
+from proxy.emulator.deployments import Deployments
+from proxy.emulator.faults import Faults
+from proxy.emulator.foundry import EmulatedFoundry
+from proxy.emulator.wire import EmuRequest, Headers, json_reply
 from tests.fakes.tokens import RecordingIssuer
 
 _EMULATED = re.compile(
@@ -51,7 +54,9 @@ class Entry:
 
 class FakeFoundry(EmulatedFoundry):
     def __init__(self, issuer: RecordingIssuer) -> None:
-        super().__init__(issuer, Faults(token_delay=0.0))
+        # Any deployment name, no Azure request checks; a test sets ``deployments`` to a
+        # catalogue to have the emulator's Azure answers.
+        super().__init__(issuer, Faults(token_delay=0.0), Deployments(held=None))
         self.recording = issuer
         self.journal: list[Entry] = []
         self._lock = threading.Lock()
@@ -59,9 +64,12 @@ class FakeFoundry(EmulatedFoundry):
         self.gzip_401 = False
         #: When set, every request is answered with this (status, body): a missing role,
         #: a firewall, a wrong endpoint.
-        #: A callable gets the request (to echo it, as some gateways do).
+        #: A callable gets the request (to echo it, as some gateways do); its None lets the
+        #: request through.
         self.refuse: (
-            tuple[int, dict[str, Any]] | Callable[[EmuRequest], tuple[int, dict[str, Any]]] | None
+            tuple[int, dict[str, Any]]
+            | Callable[[EmuRequest], tuple[int, dict[str, Any]] | None]
+            | None
         ) = None
 
     def entries(self, path_part: str = "") -> list[Entry]:
@@ -84,9 +92,9 @@ class FakeFoundry(EmulatedFoundry):
             entry.token_serial = self.recording.serial(auth[0].removeprefix("Bearer "))
         with self._lock:
             self.journal.append(entry)
-        if self.refuse is not None:
-            status, body = self.refuse(request) if callable(self.refuse) else self.refuse
-            await self.reply(send, request, *json_reply(status, body))
+        refusal = self.refuse(request) if callable(self.refuse) else self.refuse
+        if refusal is not None:
+            await self.reply(send, request, *json_reply(*refusal))
             return
         first = request.header("x-fake-first-delay")
         if first and not _EMULATED.match(request.path):
