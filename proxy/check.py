@@ -16,10 +16,12 @@ from pathlib import Path
 
 import httpx2
 
+from proxy.check_claude import call_claude
 from proxy.check_report import Report, Step, render
 from proxy.check_token import describe_claims, token_failure
-from proxy.check_upstream import call_upstream
+from proxy.check_upstream import check_origin
 from proxy.clouds import CLOUDS
+from proxy.credentials.base import Credential
 from proxy.credentials.factory import TokenClients, credential_from_settings
 from proxy.credentials.selection import detect
 from proxy.errors import ConfigError, CredentialError, problem_list
@@ -110,7 +112,8 @@ def _credential_failure(exc: ConfigError) -> Step:
     )
 
 
-async def run_checks(env_file: Path | None) -> Report:
+async def run_checks(env_file: Path | None, claude_deployment: str | None = None) -> Report:
+    """``claude_deployment``: also call Claude's Messages API on this deployment."""
     report = Report()
     settings = _check_settings(env_file, report)
     if settings is None:
@@ -138,6 +141,7 @@ async def run_checks(env_file: Path | None) -> Report:
                 )
             )
             token = await credential.get_token(settings.scope)
+            claude = await _claude_token(credential, settings) if claude_deployment else None
         except ConfigError as exc:
             report.add(_credential_failure(exc))
             return report
@@ -157,21 +161,29 @@ async def run_checks(env_file: Path | None) -> Report:
             )
         )
         report.add(describe_claims(token.token, settings.scope, CLOUDS[settings.cloud].scope))
-        url = f"{settings.upstream}/openai/v1/models"
-        step = await call_upstream(http, url, token.token, settings)
-        if step.details.get("status") == 404:
-            # Older resources may not serve the v1 API; the dated one proves the setup as well.
-            dated = f"{settings.upstream}/openai/models?api-version=2024-10-21"
-            dated_step = await call_upstream(http, dated, token.token, settings)
-            if dated_step.details.get("status") != 404:
-                dated_step.summary += " (the v1 API answered 404)"
-                step = dated_step
-        report.add(step)
+        report.add(await check_origin(http, settings.upstream, token.token, settings))
+        if claude_deployment:
+            if isinstance(claude, Step):
+                report.add(claude)
+            elif claude is not None:
+                origin = settings.upstream
+                report.add(await call_claude(http, origin, claude_deployment, claude, settings))
     return report
 
 
-def run(env_file: Path | None, as_json: bool) -> int:
-    report = asyncio.run(run_checks(env_file))
+async def _claude_token(credential: Credential, settings: Settings) -> str | Step:
+    """A token for Claude's scope (the projects scope), or the step saying why there is none."""
+    try:
+        return (await credential.get_token(settings.projects_scope)).token
+    except CredentialError as err:
+        step = token_failure(err, credential.kind, settings.credential)
+        step.name = "claude"
+        step.summary += f" for {settings.projects_scope}"
+        return step
+
+
+def run(env_file: Path | None, as_json: bool, claude_deployment: str | None = None) -> int:
+    report = asyncio.run(run_checks(env_file, claude_deployment))
     if as_json:
         print(json.dumps({"ok": report.ok, "steps": [asdict(s) for s in report.steps]}, indent=2))
     else:

@@ -34,7 +34,7 @@ TLS_FIX = (
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 
 
-def _shown(text: object, limit: int = 300) -> str:
+def shown(text: object, limit: int = 300) -> str:
     """Upstream text fit to print: any bearer token removed first, then shortened.
 
     An upstream or gateway may echo the request, Authorization header included.
@@ -42,29 +42,29 @@ def _shown(text: object, limit: int = 300) -> str:
     return _BEARER.sub(r"\1[token]", str(text))[:limit]
 
 
-def _json(response: httpx2.Response) -> object:
+def parsed_json(response: httpx2.Response) -> object:
     try:
         return response.json()
     except ValueError:
         return None
 
 
-def _error_code(response: httpx2.Response) -> tuple[str, str]:
-    body = _json(response)
+def error_code(response: httpx2.Response) -> tuple[str, str]:
+    body = parsed_json(response)
     if body is None:
-        return "", _shown(response.text, 200)
+        return "", shown(response.text, 200)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
-            return str(error.get("code", "")), _shown(error.get("message", ""))
+            return str(error.get("code", "")), shown(error.get("message", ""))
         if "statusCode" in body:
-            return "entra_token_rejected", _shown(body.get("message", ""))
-    return "", _shown(body, 200)
+            return "entra_token_rejected", shown(body.get("message", ""))
+    return "", shown(body, 200)
 
 
 def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) -> Step:
     status = response.status_code
-    code, message = _error_code(response)
+    code, message = error_code(response)
     details = {"url": url, "status": status, "code": code}
     if status == 200:
         try:
@@ -97,7 +97,7 @@ def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) ->
             details=details,
         )
     refusal = (
-        classify_401(_json(response), challenge="www-authenticate" in response.headers)
+        classify_401(parsed_json(response), challenge="www-authenticate" in response.headers)
         if status == 401
         else None
     )
@@ -163,31 +163,32 @@ def _data_plane_step(response: httpx2.Response, url: str, settings: Settings) ->
     )
 
 
-def transport_failure(exc: httpx2.RequestError, url: str) -> Step:
+def transport_failure(
+    exc: httpx2.RequestError, url: str, name: str = "data plane", method: str = "GET"
+) -> Step:
+    """What a call that got no answer means; ``name``: the step, ``method``: the call's."""
     if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, httpx2.ConnectTimeout):
         return Step(
-            "data plane",
+            name,
             "fail",
-            f"GET {url}: no answer in time",
+            f"{method} {url}: no answer in time",
             cause="connected, but the upstream did not answer within FOUNDRY_PROXY_TOKEN_TIMEOUT",
             fix="try again; if it persists, check the resource's health in the Azure portal",
         )
     if cause_of(exc, socket.gaierror) is not None:
         return Step(
-            "data plane",
+            name,
             "fail",
-            f"GET {url}: host not found",
+            f"{method} {url}: host not found",
             cause="the upstream host name does not resolve",
             fix="check FOUNDRY_PROXY_UPSTREAM and this machine's DNS",
         )
     if (tls := cause_of(exc, ssl.SSLError)) is not None:
-        return Step(
-            "data plane", "fail", f"GET {url}: TLS failed", cause=str(tls)[:200], fix=TLS_FIX
-        )
+        return Step(name, "fail", f"{method} {url}: TLS failed", cause=str(tls)[:200], fix=TLS_FIX)
     return Step(
-        "data plane",
+        name,
         "fail",
-        f"GET {url}: {type(exc).__name__}",
+        f"{method} {url}: {type(exc).__name__}",
         cause="could not connect to the upstream",
         fix=NETWORK_FIX,
     )
@@ -209,4 +210,19 @@ async def call_upstream(http: httpx2.AsyncClient, url: str, token: str, settings
     step = _data_plane_step(response, url, settings)
     # Belt and braces: the token itself, however an echo framed it.
     step.cause = step.cause.replace(token, "[token]")
+    return step
+
+
+async def check_origin(
+    http: httpx2.AsyncClient, origin: str, token: str, settings: Settings
+) -> Step:
+    """The data-plane step for one upstream origin: its models list, v1 first."""
+    step = await call_upstream(http, f"{origin}/openai/v1/models", token, settings)
+    if step.details.get("status") == 404:
+        # Older resources may not serve the v1 API; the dated one proves the setup as well.
+        dated = f"{origin}/openai/models?api-version=2024-10-21"
+        dated_step = await call_upstream(http, dated, token, settings)
+        if dated_step.details.get("status") != 404:
+            dated_step.summary += " (the v1 API answered 404)"
+            step = dated_step
     return step

@@ -81,6 +81,11 @@ def _commands(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("--env-file", type=Path, help="read settings from this file")
     check.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    check.add_argument(
+        "--claude-deployment",
+        metavar="NAME",
+        help="also call Claude's Messages API on this Foundry deployment (max_tokens 1)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -236,7 +241,7 @@ def _check(args: argparse.Namespace) -> int:
     from proxy.check import run as run_check
 
     configure_logging("error")
-    return run_check(args.env_file, args.json)
+    return run_check(args.env_file, args.json, args.claude_deployment)
 
 
 def _proxy(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import trustme
 
+from proxy.credentials.claims import decode_claims
+from proxy.emulator.deployments import Deployments
 from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.entra import entra_error
 from tests.fakes.serve import ServerThread, bind_loopback
@@ -361,3 +363,83 @@ def test_a_misspelt_name_in_the_environment_is_a_warning(stack: Stack, tmp_path:
     ) in out
     assert "AZURE_SUBSCRIPTION_ID" not in out
     assert "[ ok ] data plane:" in out
+
+
+# --- the Claude path (--claude-deployment) ----------------------------------------------------
+
+DENIED = {
+    "error": {
+        "code": "PermissionDenied",
+        "message": "The principal lacks the required data action "
+        "Microsoft.CognitiveServices/accounts/AIServices/anthropic/messages/action.",
+    }
+}
+
+
+def test_claude_deployment_is_called_once_with_the_ai_azure_com_token(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stack.foundry.deployments = Deployments()  # the emulator's own list, checked as Azure does
+    code, out = check(stack, tmp_path, "--json", "--claude-deployment", "claude-sonnet-4-5")
+    assert code == 0, out
+    report = json.loads(out)
+    assert [s["name"] for s in report["steps"]][-2:] == ["data plane", "claude"]
+    claude = report["steps"][-1]
+    assert claude["status"] == "ok"
+    assert claude["details"]["model"] == "emulated-claude-sonnet-4-5"
+    [entry] = stack.foundry.entries("/anthropic/")
+    assert (entry.method, entry.raw_path, entry.auth) == ("POST", "/anthropic/v1/messages", "ok")
+    assert entry.header("anthropic-version") == ["2023-06-01"]
+    claims = decode_claims(entry.header("authorization")[0].removeprefix("Bearer "))
+    assert claims is not None
+    assert claims["aud"] == "https://ai.azure.com"
+    # Without the option, no Claude call at all.
+    code, out = check(stack, tmp_path)
+    assert code == 0
+    assert "claude" not in out
+    assert len(stack.foundry.entries("/anthropic/")) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_claude_without_a_role_gets_the_claude_roles(
+    stack: Stack, tmp_path: Path, status: int
+) -> None:
+    """The OpenAI routes work, Claude refuses: the advice names the roles that call Claude."""
+    stack.foundry.refuse = lambda request: (
+        (status, DENIED) if request.path.startswith("/anthropic/") else None
+    )
+    code, out = check(stack, tmp_path, "--claude-deployment", "my-claude")
+    assert code == 1, out
+    assert "[ ok ] data plane:" in out
+    assert f"[FAIL] claude: POST {stack.foundry_server.url}/anthropic/v1/messages" in out
+    assert f"-> {status} PermissionDenied" in out
+    for role in ("Cognitive Services User", "Azure AI User", "Foundry User", "Azure AI Developer"):
+        assert role in out
+    assert "Cognitive Services Contributor is not enough" in out
+    assert "OpenAI User" not in out.split("[FAIL] claude:")[1]
+
+
+def test_an_unknown_claude_deployment_is_a_404_naming_it(stack: Stack, tmp_path: Path) -> None:
+    stack.foundry.deployments = Deployments()
+    code, out = check(stack, tmp_path, "--claude-deployment", "claude-typo")
+    assert code == 1, out
+    assert "[ ok ] data plane:" in out
+    assert "(model claude-typo) -> 404" in out
+    assert "no Claude deployment named 'claude-typo'" in out
+    assert "The API deployment for this resource does not exist" in out
+    assert "--claude-deployment" in out
+
+
+def test_a_claude_token_for_the_wrong_audience_is_explained(stack: Stack, tmp_path: Path) -> None:
+    code, out = check(
+        stack,
+        tmp_path,
+        "--claude-deployment",
+        "claude-sonnet-4-5",
+        FOUNDRY_PROXY_PROJECTS_SCOPE="https://cognitiveservices.azure.com/.default",
+    )
+    assert code == 1, out
+    assert "[ ok ] data plane:" in out
+    assert "-> 401" in out
+    assert "Claude takes tokens for https://ai.azure.com only" in out
+    assert "FOUNDRY_PROXY_PROJECTS_SCOPE" in out
