@@ -19,42 +19,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.access import AccessLog
-from proxy.addresses import is_loopback_host
+from proxy.admission import Gate
 from proxy.budget import BUDGET_KEY, BodyBudget, BudgetCollector
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.credentials.factory import TokenClients
-from proxy.forwarding import Forwarder, UpstreamConfig
+from proxy.forwarding import Forwarder
 from proxy.logs import configure_logging
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.policy import Policy
 from proxy.realtime import RealtimeRelay
 from proxy.settings import Settings
-
-
-def _upstream_config(
-    settings: Settings, metrics: Metrics | None, access: AccessLog
-) -> UpstreamConfig:
-    return UpstreamConfig(
-        origin=settings.upstream,
-        scope=settings.scope,
-        projects_scope=settings.projects_scope,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        pool_size=settings.pool_size,
-        replay_body_limit=settings.replay_body_limit,
-        max_body_bytes=settings.max_body_bytes,
-        trust_env=settings.trust_env,
-        loopback_only=is_loopback_host(settings.host),
-        allowed_origins=settings.origins,
-        policy=Policy(*settings.rules()),
-        keys=tuple(k.encode() for k in settings.inbound_keys()),
-        max_concurrency=settings.max_concurrency,
-        queue_timeout=settings.queue_timeout,
-        metrics=metrics,
-        access=access,
-    )
-
+from proxy.upstream_session import UpstreamSession
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -98,8 +74,11 @@ def create_app(
         observer=metrics.refreshed if metrics is not None else None,
     )
     access = AccessLog(settings.access_log, credential.kind)
-    forwarder = Forwarder(_upstream_config(settings, metrics, access), tokens, tls)
-    realtime = RealtimeRelay(forwarder, settings.ws_max_message_bytes, settings.send_timeout)
+    # One gate and one upstream pool for HTTP requests and Realtime sessions alike.
+    gate = Gate(settings, Policy(*settings.rules()))
+    upstream = UpstreamSession(settings, tls)
+    forwarder = Forwarder(settings, gate, upstream, tokens, metrics, access)
+    realtime = RealtimeRelay(settings, gate, upstream, tokens, metrics, access)
     # Counted by the listener, which finds it in the lifespan state (budget.py).
     body_budget = BodyBudget(settings.max_buffered_body_bytes)
     if metrics is not None:
@@ -128,14 +107,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        await forwarder.start()
+        await upstream.start()
         tokens.start()
         access.start()
         try:
             yield {BUDGET_KEY: body_budget}
         finally:
-            await realtime.aclose()
-            await forwarder.aclose()
+            await upstream.aclose()
             await tokens.aclose()
             await clients.aclose()
             access.stop()

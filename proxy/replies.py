@@ -1,8 +1,11 @@
-"""Responses the proxy makes itself, in the OpenAI error shape SDKs already parse, and the
-mapping of upstream and token failures onto them.
+"""The answers the proxy makes itself: one error body in the shape the caller's SDK parses, and
+the mapping of upstream and token failures onto it.
 
-``{"error": {"message", "type", "code", "param"}}``: the openai SDKs surface ``message`` and
-``code`` to the caller, so these say what went wrong and what fixes it.
+OpenAI's shape, ``{"error": {"message", "type", "code", "param"}}``, everywhere but on Claude's
+routes: the openai SDKs surface ``message`` and ``code`` to the caller, so these say what went
+wrong and what fixes it. Anthropic's shape, ``{"type": "error", "error": {"type", "message"}}``,
+on /anthropic/ and for Anthropic calls sent elsewhere: its SDKs and Claude Code read that one
+(docs/routes.md). Either carries the proxy's ``code`` inside ``error``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import aiohttp
@@ -19,42 +22,137 @@ from starlette.types import Send
 
 from proxy.errors import CredentialError
 
-_TYPES = MappingProxyType(
-    {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error"}
+log = logging.getLogger("foundry_proxy.forward")
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+# Anthropic's error types by status (https://docs.claude.com/en/api/errors); another 4xx is
+# an invalid_request_error there too, another 5xx an api_error.
+_ANTHROPIC_TYPES = MappingProxyType(
+    {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        529: "overloaded_error",
+    }
 )
+CLOSE: Headers = ((b"connection", b"close"),)
 
 
-def error_body(status: int, code: str, message: str) -> bytes:
-    kind = _TYPES.get(status, "proxy_error")
-    payload = {"error": {"message": message, "type": kind, "code": code, "param": None}}
-    return json.dumps(payload).encode()
+def error_body(status: int, code: str, message: str, *, anthropic: bool = False) -> bytes:
+    """The JSON body of an error the proxy answers with ``status``: OpenAI's shape, or with
+    ``anthropic`` Anthropic's. A 4xx is the request's fault (invalid_request_error in both);
+    a 5xx is the proxy's or the upstream's."""
+    if anthropic:
+        kind = _ANTHROPIC_TYPES.get(status) or (
+            "invalid_request_error" if status < 500 else "api_error"
+        )
+        error = {"type": kind, "message": message, "code": code}
+        return json.dumps({"type": "error", "error": error}).encode()
+    kind = "invalid_request_error" if status < 500 else "proxy_error"
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    ).encode()
 
 
-async def send_error(
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    extra_headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    await _send_json(send, status, code, error_body(status, code, message), extra_headers)
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """An error the proxy answers with, before it is put in a shape: the status, the proxy's
+    code (also the metrics' label), what to tell the caller and any headers it needs."""
+
+    status: int
+    code: str
+    message: str
+    headers: Headers = ()
+    #: The upstream failed (counted in foundry_proxy_upstream_errors by ``code``).
+    upstream: bool = False
+
+    def head(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        """Response headers for ``body``."""
+        return [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *self.headers,
+        ]
+
+    def body(self, *, anthropic: bool) -> bytes:
+        return error_body(self.status, self.code, self.message, anthropic=anthropic)
 
 
-async def _send_json(
-    send: Send,
-    status: int,
-    code: str,
-    body: bytes,
-    extra_headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-foundry-proxy-error", code.encode()),
-    ]
-    headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def send_error(send: Send, reply: ErrorReply, *, anthropic: bool = False) -> None:
+    body = reply.body(anthropic=anthropic)
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.head(body)})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def upstream_failure(exc: aiohttp.ClientError | TimeoutError, origin: str) -> ErrorReply:
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return ErrorReply(
+            504, "upstream_timeout", f"{origin} did not answer in time", upstream=True
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        message = (
+            f"TLS with {origin} failed: if a corporate proxy inspects TLS, point SSL_CERT_FILE "
+            "at its CA bundle"
+        )
+        return ErrorReply(502, "upstream_tls_error", message, upstream=True)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        message = f"the upstream host of {origin} could not be resolved"
+        return ErrorReply(502, "upstream_dns_error", message, upstream=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ErrorReply(
+            502, "upstream_unreachable", f"could not connect to {origin}", upstream=True
+        )
+    log.warning("upstream request failed: %s", type(exc).__name__)
+    message = f"the connection to {origin} failed ({type(exc).__name__})"
+    return ErrorReply(502, "upstream_error", message, upstream=True)
+
+
+def too_large(limit: int) -> ErrorReply:
+    return ErrorReply(
+        413,
+        "request_too_large",
+        f"the request body is larger than {limit} bytes (FOUNDRY_PROXY_MAX_BODY_BYTES)",
+        # The unread rest of the body makes the connection unusable for another request.
+        CLOSE,
+    )
+
+
+# openai 2.x/3.x SDKs skip their retry when Retry-After exceeds 120 s.
+MAX_CLIENT_RETRY_AFTER = 120
+
+
+def token_unavailable(err: CredentialError, retry_in: float | None = None) -> ErrorReply:
+    """503 for a request that got no token. ``retry_in``: seconds until the proxy's next token
+    call, when the last one failed and none is under way (TokenProvider.retry_in)."""
+    message = f"foundry-proxy has no Entra ID token: {err.code}: {err.message}"
+    if err.hint:
+        message += f". Fix: {err.hint}"
+    headers: list[tuple[bytes, bytes]] = []
+    if err.permanent:
+        # Retrying cannot help until the configuration changes.
+        headers.append((b"x-should-retry", b"false"))
+    elif retry_in is not None:
+        # The token service is failing and the proxy already retries it on its own schedule;
+        # until its next call every request gets this same answer. The openai SDKs (Python and
+        # Node) would retry twice, sleeping Retry-After each time (they honour up to 120 s),
+        # so the caller saw the error only after the sum of those sleeps; x-should-retry: false
+        # makes them raise now. Retry-After still tells when the next token call is due (plus
+        # a second for it to finish), for clients that schedule their own retries by it.
+        due = max(1, math.ceil(retry_in))
+        wait = min(MAX_CLIENT_RETRY_AFTER, due + 1)
+        message += f" (foundry-proxy asks for a token again in {due} s)"
+        headers.append((b"x-should-retry", b"false"))
+        headers.append((b"retry-after", str(wait).encode()))
+    else:
+        wait = (
+            5 if err.retry_after is None else min(MAX_CLIENT_RETRY_AFTER, int(err.retry_after) + 1)
+        )
+        headers.append((b"retry-after", str(wait).encode()))
+    return ErrorReply(503, "token_unavailable", message, tuple(headers))
 
 
 # -- Claude (the Anthropic Messages API) -----------------------------------------------------
@@ -92,87 +190,9 @@ def anthropic_call(path: str) -> bool:
     )
 
 
-async def anthropic_elsewhere(send: Send, method: str, path: str, host: str) -> None:
-    """404 in Anthropic's error shape (what its SDKs and Claude Code parse), which also carries
-    the OpenAI shape's fields, naming the base URL to use. ``host``: the request's Host."""
-    code = "anthropic_base_url"
+def anthropic_elsewhere(method: str, path: str, host: str) -> ErrorReply:
+    """404 naming the base URL to use, for an Anthropic call outside /anthropic/ (to be sent in
+    Anthropic's shape). ``host``: the request's Host."""
     authority = host if _AUTHORITY.fullmatch(host) else "127.0.0.1:8787"
     message = ANTHROPIC_BASE_URL.format(call=f"{method} {path}", authority=authority)
-    payload = {
-        "type": "error",
-        "error": {"type": "not_found_error", "message": message, "code": code, "param": None},
-    }
-    await _send_json(send, 404, code, json.dumps(payload).encode())
-
-
-log = logging.getLogger("foundry_proxy.forward")
-
-# openai 2.x/3.x SDKs skip their retry when Retry-After exceeds 120 s.
-MAX_CLIENT_RETRY_AFTER = 120
-
-
-async def upstream_failed(send: Send, exc: aiohttp.ClientError | TimeoutError, origin: str) -> None:
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        await send_error(send, 504, "upstream_timeout", f"{origin} did not answer in time")
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        await send_error(
-            send,
-            502,
-            "upstream_tls_error",
-            f"TLS with {origin} failed: if a corporate proxy inspects TLS, "
-            "point SSL_CERT_FILE at its CA bundle",
-        )
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        await send_error(
-            send, 502, "upstream_dns_error", f"the upstream host of {origin} could not be resolved"
-        )
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        await send_error(send, 502, "upstream_unreachable", f"could not connect to {origin}")
-    else:
-        log.warning("upstream request failed: %s", type(exc).__name__)
-        await send_error(
-            send, 502, "upstream_error", f"the connection to {origin} failed ({type(exc).__name__})"
-        )
-
-
-async def too_large(send: Send, limit: int) -> None:
-    await send_error(
-        send,
-        413,
-        "request_too_large",
-        f"the request body is larger than {limit} bytes (FOUNDRY_PROXY_MAX_BODY_BYTES)",
-        # The unread rest of the body makes the connection unusable for another request.
-        [(b"connection", b"close")],
-    )
-
-
-async def token_unavailable(
-    send: Send, err: CredentialError, retry_in: float | None = None
-) -> None:
-    """503 for a request that got no token. ``retry_in``: seconds until the proxy's next token
-    call, when the last one failed and none is under way (TokenProvider.retry_in)."""
-    message = f"foundry-proxy has no Entra ID token: {err.code}: {err.message}"
-    if err.hint:
-        message += f". Fix: {err.hint}"
-    headers: list[tuple[bytes, bytes]] = []
-    if err.permanent:
-        # Retrying cannot help until the configuration changes.
-        headers.append((b"x-should-retry", b"false"))
-    elif retry_in is not None:
-        # The token service is failing and the proxy already retries it on its own schedule;
-        # until its next call every request gets this same answer. The openai SDKs (Python and
-        # Node) would retry twice, sleeping Retry-After each time (they honour up to 120 s),
-        # so the caller saw the error only after the sum of those sleeps; x-should-retry: false
-        # makes them raise now. Retry-After still tells when the next token call is due (plus
-        # a second for it to finish), for clients that schedule their own retries by it.
-        due = max(1, math.ceil(retry_in))
-        wait = min(MAX_CLIENT_RETRY_AFTER, due + 1)
-        message += f" (foundry-proxy asks for a token again in {due} s)"
-        headers.append((b"x-should-retry", b"false"))
-        headers.append((b"retry-after", str(wait).encode()))
-    else:
-        wait = (
-            5 if err.retry_after is None else min(MAX_CLIENT_RETRY_AFTER, int(err.retry_after) + 1)
-        )
-        headers.append((b"retry-after", str(wait).encode()))
-    await send_error(send, 503, "token_unavailable", message, headers)
+    return ErrorReply(404, "anthropic_base_url", message)

@@ -63,7 +63,7 @@ def _metric(url: str, name: str) -> float:
 class PartialResult:
     answered: dict[int, int] = field(default_factory=dict)  # status -> connections
     retry_after: set[str] = field(default_factory=set)  # Retry-After values of the 503s
-    codes: set[str] = field(default_factory=set)  # x-foundry-proxy-error values
+    codes: set[str] = field(default_factory=set)  # the error codes answered
     failed: int = 0  # could not connect, or closed without an answer
     open_at_end: int = 0  # no answer within the hold
 
@@ -99,8 +99,10 @@ async def _partial_one(
             name, _, value = line.partition(":")
             if name == "retry-after" and status == 503:
                 result.retry_after.add(value.strip())
-            elif name == "x-foundry-proxy-error":
-                result.codes.add(value.strip())
+        # The proxy's code is in its error body (the head carries no copy of it).
+        code = re.search(rb'"code": ?"([a-z_]+)"', answer.partition(b"\r\n\r\n")[2])
+        if code is not None:
+            result.codes.add(code.group(1).decode())
     except (OSError, TimeoutError, IndexError, ValueError):
         result.failed += 1
     finally:

@@ -99,7 +99,7 @@ def test_a_session_takes_a_concurrency_slot_until_it_ends(two_slots: RealtimeSta
         assert _refusal(rt) == 503
         reply = httpx2.post(rt.s.url + "/v1/chat/completions", json=CHAT, timeout=10)
         assert reply.status_code == 503, reply.text
-        assert reply.headers["x-foundry-proxy-error"] == "upstream_pool_exhausted"
+        assert reply.json()["error"]["code"] == "upstream_pool_exhausted"
         assert rt.fake.count() == 2, "the refused handshake reached the upstream"
         # A session that ends gives its slot back.
         held.pop().close()

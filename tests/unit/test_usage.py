@@ -167,8 +167,8 @@ def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
 def _tapped(route: str, body: bytes, chunk: int = 65536) -> tuple[Usage | None, int]:
     """``body`` sent as a 200 JSON answer through the forwarder's tap in ``chunk``-sized
     pieces: the usage it read and the most bytes it ever kept at once."""
-    from proxy.forwarding import _Tap
     from proxy.metrics import Exchange
+    from proxy.usage_tap import UsageTap
 
     sent: list[object] = []
 
@@ -177,7 +177,7 @@ def _tapped(route: str, body: bytes, chunk: int = 65536) -> tuple[Usage | None, 
 
     async def run() -> tuple[Usage | None, int]:
         x = Exchange("POST", "/", route, 0.0)
-        tap = _Tap(x, send, None, True)  # type: ignore[arg-type]
+        tap = UsageTap(x, send, None, True)  # type: ignore[arg-type]
         headers = [(b"content-type", b"application/json")]
         await tap.send({"type": "http.response.start", "status": 200, "headers": headers})
         most = 0
