@@ -337,6 +337,23 @@ def test_no_subprotocol_offered_none_returned(rt: RealtimeStack) -> None:
     assert rt.fake.session(first).subprotocols == []
 
 
+def test_a_session_without_a_request_id_gets_one_generated(rt: RealtimeStack) -> None:
+    """As for HTTP requests: one id ties the proxy's access line to Azure's records."""
+    first = rt.fake.count()
+    with session_on(rt, "/v1/realtime?model=dep") as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=TIMEOUT) == "hi"
+    [sent] = rt.fake.session(first).header("x-ms-client-request-id")
+    assert uuid.UUID(sent).version == 4
+
+
+def _denied(url: str, **kwargs: Any) -> Any:
+    """The HTTP answer the proxy refused a handshake with."""
+    with pytest.raises(InvalidStatus) as caught, ws_connect(url, **kwargs):
+        pass
+    return caught.value.response
+
+
 @pytest.mark.parametrize("status", [401, 403, 404, 429])
 def test_upstream_handshake_refusal_is_relayed(rt: RealtimeStack, status: int) -> None:
     first = rt.fake.count()
@@ -403,6 +420,23 @@ def test_default_policy_inbound_keys_and_origins() -> None:
             pass
         assert caught.value.response.status_code == 401
         assert rt.fake.count() == 0, "an unauthenticated handshake reached the upstream"
+        # The same 401 as an HTTP request gets, challenge included.
+        denied = _denied(rt.ws("/v1/realtime?model=dep"))
+        http = httpx2.get(rt.s.url + "/v1/realtime?model=dep")
+        assert http.status_code == denied.status_code == 401
+        assert json.loads(denied.body) == http.json()
+        assert http.json()["error"]["message"].startswith("foundry-proxy requires an inbound key")
+        assert denied.headers["www-authenticate"] == 'Bearer realm="foundry-proxy"'
+        # The policy's answers, with their hints: 404 naming the operation meant, 405 with Allow.
+        keyed = {"additional_headers": {"api-key": KEY}}
+        denied = _denied(rt.ws("/v1/realtim?model=dep"), **keyed)
+        assert denied.status_code == 404
+        assert "did you mean GET /v1/realtime?" in json.loads(denied.body)["error"]["message"]
+        denied = _denied(rt.ws("/v1/chat/completions"), **keyed)
+        assert denied.status_code == 405
+        assert denied.headers["allow"] == "POST"
+        assert json.loads(denied.body)["error"]["code"] == "method_not_allowed"
+        assert rt.fake.count() == 0, "a refused handshake reached the upstream"
         # A browser page: refused even with the key.
         with (
             pytest.raises(InvalidStatus) as caught,
@@ -435,6 +469,23 @@ def test_default_policy_inbound_keys_and_origins() -> None:
             bearer_of(rt.s, session)
             assert KEY not in repr(session.headers)
             assert KEY not in session.query
+
+
+def test_a_handshake_over_the_concurrency_limit_gets_the_503_a_request_gets() -> None:
+    stack = start(
+        FOUNDRY_PROXY_MAX_CONCURRENCY="1",
+        FOUNDRY_PROXY_POOL_SIZE="1",
+        FOUNDRY_PROXY_QUEUE_TIMEOUT="0.3",
+    )
+    with running(stack) as rt, session_on(rt, "/v1/realtime?model=dep"):
+        denied = _denied(rt.ws("/v1/realtime?model=dep"))
+        http = httpx2.post(rt.s.url + "/v1/chat/completions", json={"model": "x"}, timeout=10)
+        assert http.status_code == denied.status_code == 503
+        assert http.headers["retry-after"] == denied.headers["retry-after"] == "1"
+        error = json.loads(denied.body)["error"]
+        assert error == http.json()["error"]
+        assert error["code"] == "upstream_pool_exhausted"
+        assert "FOUNDRY_PROXY_MAX_CONCURRENCY" in error["message"]
 
 
 # -- (c) token rollover -----------------------------------------------------------------------
