@@ -25,7 +25,7 @@ from tests.fakes.tokens import RecordingIssuer
 
 _EMULATED = re.compile(
     r"^/openai/(v1/|deployments/[^/]+/)?(chat/completions|embeddings|responses|audio/transcriptions|models)$"
-    r"|^/models/(chat/completions|embeddings)$"
+    r"|^/models/(chat/completions|embeddings|info)$"
     r"|^/anthropic/v1/messages(/count_tokens)?$"
 )
 
