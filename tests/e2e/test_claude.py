@@ -4,6 +4,7 @@ Foundry (the emulator's Messages API with a journal), the default policy and the
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,20 @@ def _series(text: str, name: str, **labels: str) -> float:
 
 def _access_lines(log: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.splitlines() if line.startswith('{"time":')]
+
+
+def _proxy_said(err: anthropic.APIStatusError, kind: str, code: str) -> str:
+    """A proxy's own error as the SDK saw it: Anthropic's shape (docs.claude.com/en/api/errors),
+    with the proxy's code beside the type; its message, which the SDK put in str(err)."""
+    body = err.body
+    assert isinstance(body, dict), body
+    assert body["type"] == "error"
+    assert set(body) == {"type", "error"}
+    assert body["error"]["type"] == err.type == kind
+    assert body["error"]["code"] == code
+    message = body["error"]["message"]
+    assert message in str(err)
+    return str(message)
 
 
 def _sent_upstream(entry: Entry) -> None:
@@ -255,6 +270,7 @@ def test_the_default_policy_serves_messages_and_count_tokens(default_policy: Sta
     with pytest.raises(anthropic.NotFoundError) as missing:
         client.post("/v1/message", cast_to=object, body={"model": "claude-x"})
     assert "did you mean POST /anthropic/v1/messages?" in str(missing.value)
+    _proxy_said(missing.value, "not_found_error", "not_found")
 
 
 def test_the_sdk_without_anthropic_in_its_base_url_is_told_what_to_use(
@@ -316,5 +332,66 @@ def test_claude_code_gateway_settings_with_an_inbound_key(fresh_stack: Stack) ->
         assert entry.header("anthropic-beta") == [betas]
         assert key not in repr(entry.headers)
         assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=MESSAGES)
-    with pytest.raises(anthropic.AuthenticationError):
+    with pytest.raises(anthropic.AuthenticationError) as refused:
         claude(s.url).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MESSAGES)
+    said = _proxy_said(refused.value, "authentication_error", "invalid_api_key")
+    assert said.startswith("foundry-proxy requires an inbound key")
+
+
+def test_the_proxys_refusals_reach_the_sdk_as_its_errors(default_policy: Stack) -> None:
+    """What the proxy itself refuses on /anthropic/ comes in Anthropic's error shape, so the SDK
+    raises the exception a Claude caller handles, with the proxy's message."""
+    client = claude(default_policy.url)
+    before = len(default_policy.foundry.journal)
+    with pytest.raises(anthropic.APIStatusError) as wrong_method:
+        client.get("/v1/messages", cast_to=object)
+    assert wrong_method.value.status_code == 405
+    said = _proxy_said(wrong_method.value, "invalid_request_error", "method_not_allowed")
+    assert said.startswith("GET is not allowed on /anthropic/v1/messages")
+    assert wrong_method.value.response.headers["allow"] == "POST"
+    with pytest.raises(anthropic.BadRequestError) as bad_path:
+        client.post("/v1/%2e%2e/messages", cast_to=object, body={})
+    said = _proxy_said(bad_path.value, "invalid_request_error", "invalid_request")
+    assert "encoded slash, dot" in said
+    page = claude(default_policy.url, default_headers={"Origin": "https://evil.example"})
+    with pytest.raises(anthropic.PermissionDeniedError) as web_page:
+        page.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES)
+    said = _proxy_said(web_page.value, "permission_error", "forbidden_origin")
+    assert "requests from web pages are refused" in said
+    assert len(default_policy.foundry.journal) == before, "a refused call reached the upstream"
+
+
+def test_the_proxys_failures_reach_the_sdk_as_its_errors(fresh_stack: Stack) -> None:
+    """413 (FOUNDRY_PROXY_MAX_BODY_BYTES) and an upstream that cannot be reached (502), in
+    Anthropic's shape."""
+    s = fresh_stack
+    s.env["FOUNDRY_PROXY_MAX_BODY_BYTES"] = "2000"
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        s.env["FOUNDRY_PROXY_UPSTREAM"] = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    s.start_proxy()
+    client = claude(s.url)
+    long = [{"role": "user", "content": "x" * 5000}]
+    with pytest.raises(anthropic.ContentTooLargeError) as big:
+        client.messages.create(model="claude-x", max_tokens=4, messages=long)
+    said = _proxy_said(big.value, "request_too_large", "request_too_large")
+    assert "FOUNDRY_PROXY_MAX_BODY_BYTES" in said
+    with pytest.raises(anthropic.InternalServerError) as unreachable:
+        client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES)
+    assert unreachable.value.status_code == 502
+    said = _proxy_said(unreachable.value, "api_error", "upstream_unreachable")
+    assert said.startswith("could not connect to http://127.0.0.1:")
+
+
+def test_no_token_reaches_the_sdk_as_overloaded(fresh_stack: Stack) -> None:
+    """A 503 of the proxy's (Entra refuses the credential) is Anthropic's overloaded_error, the
+    proxy's explanation in the message; x-should-retry: false stops the SDK's retries."""
+    s = fresh_stack
+    s.env["AZURE_CLIENT_SECRET"] = "not-the-secret-entra-knows"
+    s.start_proxy(ready=False)
+    client = anthropic.Anthropic(base_url=s.url + "/anthropic", api_key="x", max_retries=2)
+    with pytest.raises(anthropic.ServiceUnavailableError) as unavailable:
+        client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES)
+    said = _proxy_said(unavailable.value, "overloaded_error", "token_unavailable")
+    assert said.startswith("foundry-proxy has no Entra ID token")
+    assert s.foundry.entries("/anthropic/") == []
