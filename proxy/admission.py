@@ -62,8 +62,9 @@ class Gate:
         self._keys = tuple(k.encode() for k in settings.inbound_keys())  # empty: none required
         # Listening on loopback only: Host must name loopback too (DNS rebinding).
         self._loopback_only = is_loopback_host(settings.host)
-        # Host values already found to be loopback: parsing an address costs microseconds on
-        # every request, and callers use one or two Host values. Bounded, so no one can grow it.
+        # Host values already found to be loopback: parsing "127.0.0.1:8787" costs ~6 us, a
+        # set lookup 0.04 us (measured with timeit), ~2 % of a small request's ~290 us of CPU
+        # (BENCHMARKS.md); callers use one or two Host values. Bounded, so no one can grow it.
         self._loopback_hosts: set[str] = set()
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._ids = random.Random(secrets.randbits(64))  # noqa: S311 - ids, not secrets
