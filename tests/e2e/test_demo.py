@@ -7,7 +7,9 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import anthropic
 import httpx2
 import openai
 import pytest
@@ -94,6 +96,11 @@ def test_demo_streams_a_chat_completion_and_stops_on_ctrl_c(demo: Demo) -> None:
     # The Python snippet needs the SDK, which the proxy does not install.
     assert "pip install openai" in banner
     assert banner.index("curl -N") < banner.index("pip install openai")
+    # Claude: the Anthropic SDK's base URL, and a snippet naming the Claude deployment.
+    assert f"Anthropic base URL {demo.url}/anthropic" in banner
+    assert f'Anthropic(base_url="{demo.url}/anthropic", api_key="unused")' in banner
+    assert 'model="claude-sonnet-4-5"' in banner
+    assert "pip install anthropic" in banner
     code, took = demo.stop(signal.SIGINT)
     assert code == 0
     assert took < 10
@@ -181,7 +188,77 @@ def test_demo_refreshes_short_tokens() -> None:
 
 
 def test_demo_refuses_bad_options() -> None:
-    result = run_proxy(["demo", "--port", "70000", "--rate-limit-every", "-1"], clean_environment())
+    result = run_proxy(
+        [
+            "demo",
+            "--port",
+            "70000",
+            "--rate-limit-every",
+            "-1",
+            "--retry-after",
+            "600",
+            "--deployments",
+            "gpt-4o=chat,embed=vectors",
+        ],
+        clean_environment(),
+    )
     assert result.returncode == 2
     assert "--port must be between 0 and 65535" in result.stderr
     assert "--rate-limit-every must not be negative" in result.stderr
+    assert "--retry-after must be more than 0 and at most 120 seconds" in result.stderr
+    assert "--deployments: 'embed=vectors' is not NAME=KIND" in result.stderr
+
+
+def test_demo_answers_mistakes_as_azure_does() -> None:
+    """The demo's own deployments (--deployments): the banner's snippets use them, other names
+    get Azure's 404 DeploymentNotFound, with the OpenAI SDK and the Anthropic SDK alike."""
+    d = Demo("--deployments", "prod-chat=chat,prod-embed=embeddings,prod-claude=claude")
+    try:
+        banner = "".join(d.out)
+        assert "deployments        prod-chat (chat), prod-embed (embeddings)" in banner
+        assert 'model="prod-chat"' in banner
+        assert 'model="prod-claude"' in banner
+        with openai.OpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as client:
+            assert [m.id for m in client.models.list()] == [
+                "emulated-prod-chat",
+                "emulated-prod-embed",
+                "emulated-prod-claude",
+            ]
+            hello: list[Any] = [{"role": "user", "content": "Hi"}]
+            assert client.chat.completions.create(model="prod-chat", messages=hello).choices
+            with pytest.raises(openai.NotFoundError) as missing:
+                client.chat.completions.create(model="gpt-4o-mini", messages=hello)
+            assert missing.value.code == "DeploymentNotFound"
+            with pytest.raises(openai.NotFoundError):
+                client.models.retrieve("emulated-gpt-4o-mini")
+            with pytest.raises(openai.BadRequestError) as wrong:
+                client.embeddings.create(model="prod-chat", input="x")
+            assert wrong.value.code == "OperationNotSupported"
+        with anthropic.Anthropic(
+            base_url=d.url + "/anthropic", api_key="unused", max_retries=0
+        ) as claude:
+            answer = claude.messages.create(model="prod-claude", max_tokens=4, messages=hello)
+            assert answer.model == "emulated-prod-claude"
+            with pytest.raises(anthropic.NotFoundError):
+                claude.messages.create(model="claude-sonnet-4-5", max_tokens=4, messages=hello)
+    finally:
+        assert d.stop()[0] == 0
+
+
+def test_demo_429_with_a_chosen_retry_after() -> None:
+    d = Demo("--rate-limit-every", "1", "--retry-after", "0.5", "--token-delay", "0")
+    try:
+        with anthropic.Anthropic(
+            base_url=d.url + "/anthropic", api_key="unused", max_retries=0
+        ) as claude:
+            with pytest.raises(anthropic.RateLimitError) as limited:
+                claude.messages.create(
+                    model="claude-sonnet-4-5",
+                    max_tokens=4,
+                    messages=[{"role": "user", "content": "Hi"}],
+                )
+            headers = limited.value.response.headers
+            assert (headers["retry-after"], headers["retry-after-ms"]) == ("1", "500")
+            assert limited.value.response.headers["x-foundry-proxy-emulator"] == "true"
+    finally:
+        d.stop()
