@@ -6,6 +6,7 @@ error answers"). The messages are Azure's own words, since apps and SDKs match o
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 from proxy.emulator.deployments import OPERATION_NAMES, Kind
@@ -25,7 +26,9 @@ _FILTERED_PROMPT = (
     "policy. Please modify your prompt and retry. To learn more about our content filtering "
     "policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766"
 )
-_OPERATIONS = {"chat": "ChatCompletions_Create", "embeddings": "Embeddings_Create"}
+_OPERATIONS = MappingProxyType(
+    {"chat": "ChatCompletions_Create", "embeddings": "Embeddings_Create"}
+)
 
 
 def resource_not_found() -> Reply:
@@ -94,8 +97,8 @@ def rate_limited(kind: Kind | None, api_version: str, retry_after: float) -> Rep
     message = (
         f"Requests to the {operation} Operation under Azure OpenAI API version {api_version} "
         "have exceeded token rate limit of your current AIServices S0 pricing tier. Please "
-        f"retry after {seconds} seconds. Please go here: https://aka.ms/oai/quotaincrease if "
-        "you would like to further increase the default rate limit."
+        f"retry after {seconds} seconds. Please contact Azure support service if you would "
+        "like to further increase the default rate limit."
     )
     return json_reply(429, {"error": {"code": "429", "message": message}}, throttled(retry_after))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from types import MappingProxyType
 from typing import Any
 
 from proxy.emulator.azure_errors import DEPLOYMENT_NOT_FOUND, throttled
@@ -19,15 +20,17 @@ from proxy.emulator.content import emulated_model, token_pieces
 from proxy.emulator.wire import Reply, json_reply
 
 # Anthropic's HTTP status for each error type (its API reference, "Errors").
-_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
-}
+_STATUS = MappingProxyType(
+    {
+        "invalid_request_error": 400,
+        "authentication_error": 401,
+        "permission_error": 403,
+        "not_found_error": 404,
+        "rate_limit_error": 429,
+        "api_error": 500,
+        "overloaded_error": 529,
+    }
+)
 
 
 def error(kind: str, message: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ holds none, and then any name is served as if it had been deployed for the opera
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from proxy.emulator.content import emulated_model
@@ -16,19 +17,24 @@ from proxy.emulator.content import emulated_model
 Kind = Literal["chat", "embeddings", "transcription", "claude"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 # Azure's names for the operations, as its OperationNotSupported message spells them.
-OPERATION_NAMES: dict[Kind, str] = {
-    "chat": "chatCompletion",
-    "embeddings": "embeddings",
-    "transcription": "audioTranscription",
-    "claude": "messages",
-}
-# What /models/info calls each kind (Azure AI Model Inference's model_type values).
-MODEL_TYPES: dict[Kind, str] = {
-    "chat": "chat-completion",
-    "embeddings": "embeddings",
-    "transcription": "audio-transcription",
-    "claude": "chat-completion",
-}
+OPERATION_NAMES: MappingProxyType[Kind, str] = MappingProxyType(
+    {
+        "chat": "chatCompletion",
+        "embeddings": "embeddings",
+        "transcription": "audioTranscription",
+        "claude": "messages",
+    }
+)
+# What /models/info calls each kind: Azure AI Model Inference's model_type values, which have
+# none for transcription (the emulator's own word there).
+MODEL_TYPES: MappingProxyType[Kind, str] = MappingProxyType(
+    {
+        "chat": "chat-completions",
+        "embeddings": "embeddings",
+        "transcription": "audio-transcription",
+        "claude": "chat-completions",
+    }
+)
 PREFIX = "emulated-"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from types import MappingProxyType
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -34,7 +35,9 @@ ENTRA_401_MESSAGE = (
 )
 _CLAUDE_ROUTES = frozenset({"/anthropic/v1/messages", "/anthropic/v1/messages/count_tokens"})
 # The JSON operations and the kind of deployment each needs.
-_JSON_KINDS: dict[str, Kind] = {"chat/completions": "chat", "embeddings": "embeddings"}
+_JSON_KINDS: MappingProxyType[str, Kind] = MappingProxyType(
+    {"chat/completions": "chat", "embeddings": "embeddings"}
+)
 
 
 def _entra_401() -> dict[str, Any]:

@@ -271,7 +271,7 @@ def test_models_info(azure: Stack) -> None:
     assert info.status_code == 200
     assert info.json() == {
         "model_name": "emulated-gpt-4o-mini",
-        "model_type": "chat-completion",
+        "model_type": "chat-completions",
         "model_provider_name": "foundry-proxy-emulator",
     }
     embeddings = httpx2.get(
