@@ -28,8 +28,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 DEFAULT_MAX_MODELS = 100
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Error kinds: the proxy's own codes, few; an upstream could send others in the header the
-# proxy reads them from.
+# Error kinds: the proxy's own codes for upstream failures (replies.upstream_failure), few;
+# bounded all the same.
 _MAX_ERROR_KINDS = 32
 # Model calls take from milliseconds (embeddings) to minutes (long generations).
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
