@@ -46,7 +46,6 @@ class _Request:
     url: URL
     headers: list[tuple[str, str]]
     body: Body
-    token: str
     token_scope: str
 
     async def fail(self, reply: ErrorReply) -> None:
@@ -125,7 +124,6 @@ class Forwarder:
             URL(origin + admitted.target.path_qs, encoded=True),
             admitted.inbound.headers,
             body,
-            "",
             admitted.token_scope,
         )
         slot = False
@@ -152,8 +150,7 @@ class Forwarder:
                     return
             if watch.gone:
                 return
-            request.token = token
-            await self._exchange(request, receive, watch)
+            await self._exchange(request, token, receive, watch)
         except ClientGone:
             log.debug("client disconnected during the request body")
         except TooLarge:
@@ -171,7 +168,9 @@ class Forwarder:
                 self._gate.release_slot()
             tap.x.bytes_in = body.size  # Body counts what it read; no wrapper around receive
 
-    async def _exchange(self, request: _Request, receive: Receive, watch: Watch) -> None:
+    async def _exchange(
+        self, request: _Request, token: str, receive: Receive, watch: Watch
+    ) -> None:
         """Send the request; a 401 that says the token was refused, for a body that was kept,
         gets one forced refresh and one replay; every other answer goes to the client."""
         body = request.body
@@ -183,14 +182,14 @@ class Forwarder:
             data = body.stream(receive, watch)
             if body.length is not None:
                 headers = [*headers, ("Content-Length", str(body.length))]
-        response = await self._send(request, headers, data, request.token)
+        response = await self._send(request, headers, data, token)
         if response is None:
             return
         fresh: str | None = None
         read: bytes | None = None
         try:
             if response.status == 401:
-                fresh, read = await self._after_401(request, response)
+                fresh, read = await self._after_401(request, token, response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             response.close()
             await request.fail(upstream_failure(exc, request.origin))
@@ -233,15 +232,15 @@ class Forwarder:
             return None
 
     async def _after_401(
-        self, request: _Request, response: aiohttp.ClientResponse
+        self, request: _Request, token: str, response: aiohttp.ClientResponse
     ) -> tuple[str | None, bytes | None]:
         """A fresh token to replay with, when the 401 says the token was refused and the body
         was kept; else None and the 401's body if it was read (it goes to the client)."""
         retry, read = await token_rejected(response)
         if retry and request.body.data is not None:
-            fresh = await self._tokens.refreshed(request.token_scope, request.token)
+            fresh = await self._tokens.refreshed(request.token_scope, token)
             if fresh is not None:
                 return fresh, None
         elif retry:
-            self._tokens.invalidate(request.token_scope, request.token)
+            self._tokens.invalidate(request.token_scope, token)
         return None, read
