@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.emulator.azure_errors import DEPLOYMENT_NOT_FOUND, throttled
 from proxy.emulator.content import emulated_model, token_pieces
+from proxy.emulator.deployments import Deployments
 from proxy.emulator.wire import Reply, json_reply
 
 # Anthropic's HTTP status for each error type (its API reference, "Errors").
@@ -82,6 +83,22 @@ def problem(payload: object, counting: bool) -> str | None:
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
             return "max_tokens: Field required (a positive integer)"
     return None
+
+
+def checked(payload: object, counting: bool, deployments: Deployments) -> dict[str, Any] | Reply:
+    """The request body when Foundry would answer it; else Anthropic's error for it: a 400 for
+    a malformed request, a 404 for a deployment the resource does not hold, a 400 for one that
+    is not Claude."""
+    wrong = problem(payload, counting)
+    if wrong is not None:
+        return error_reply("invalid_request_error", wrong)
+    assert isinstance(payload, dict)
+    found = deployments.find(payload["model"], "claude")
+    if found is None:
+        return deployment_not_found()
+    if found.kind != "claude":
+        return not_a_claude_deployment(found.model)
+    return payload
 
 
 def prompt_text(payload: dict[str, Any]) -> str:

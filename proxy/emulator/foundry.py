@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from types import MappingProxyType
 from typing import Any
 
@@ -25,7 +24,14 @@ from proxy.emulator.deployments import Deployment, Deployments, Kind, model_card
 from proxy.emulator.faults import Faults
 from proxy.emulator.sse import send_events
 from proxy.emulator.tokens import TokenIssuer
-from proxy.emulator.wire import EMULATED_HEADER, EmuRequest, Headers, Reply, json_reply
+from proxy.emulator.wire import (
+    EMULATED_HEADER,
+    EmuRequest,
+    Headers,
+    Reply,
+    answer_headers,
+    json_reply,
+)
 
 COGNITIVE = "https://cognitiveservices.azure.com"
 AI = "https://ai.azure.com"
@@ -205,11 +211,11 @@ class EmulatedFoundry:
             return (
                 json_reply(200, model_card(found)) if found else azure_errors.resource_not_found()
             )
-        if operation == "info" and request.path.startswith("/models/"):
-            name = (
-                request.query_value("model") or (self.deployments.first("chat") or listed[0]).name
-            )
-            found = self.deployments.find(name, "chat")
+        if operation == "info" and request.path.startswith("/models/") and listed:
+            # Which deployment: the query's ``model``, else the chat one (Azure's single-model
+            # endpoints answer for the one model they serve).
+            default = self.deployments.first("chat") or listed[0]
+            found = self.deployments.find(request.query_value("model") or default.name, "chat")
             return (
                 json_reply(200, model_info(found))
                 if found
@@ -220,14 +226,7 @@ class EmulatedFoundry:
     # -- answers ----------------------------------------------------------------------------
 
     def _headers(self) -> Headers:
-        request_id = str(uuid.uuid4()).encode()
-        return [
-            (b"apim-request-id", request_id),
-            (b"x-request-id", request_id),
-            (b"x-ms-region", b"emulator"),
-            (b"x-ratelimit-remaining-requests", b"999"),
-            (b"x-ratelimit-remaining-tokens", b"99999"),
-        ]
+        return answer_headers()
 
     async def reply(
         self, send: Send, request: EmuRequest, status: int, headers: Headers, body: bytes
@@ -316,20 +315,9 @@ class EmulatedFoundry:
         self, request: EmuRequest, counting: bool, receive: Receive, send: Send
     ) -> None:
         """Claude's Messages API (count_tokens when ``counting``), in Anthropic's shapes."""
-        payload = request.parsed()
-        wrong = claude.problem(payload, counting)
-        if wrong is not None:
-            await self.reply(send, request, *claude.error_reply("invalid_request_error", wrong))
-            return
-        assert isinstance(payload, dict)
-        found = self.deployments.find(payload["model"], "claude")
-        if found is None or found.kind != "claude":
-            refusal = (
-                claude.not_a_claude_deployment(found.model)
-                if found
-                else claude.deployment_not_found()
-            )
-            await self.reply(send, request, *refusal)
+        payload = claude.checked(request.parsed(), counting, self.deployments)
+        if isinstance(payload, tuple):
+            await self.reply(send, request, *payload)
             return
         if counting:
             counted = {"input_tokens": claude.input_tokens(payload)}

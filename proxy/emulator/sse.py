@@ -61,5 +61,5 @@ async def send_events(
         observer.on_complete(request)
     finally:
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        # Waited for, not awaited: its cancellation is not this task's to raise.
+        await asyncio.wait([watcher])

@@ -4,6 +4,7 @@ the header that marks every answer as emulated."""
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,3 +53,16 @@ def json_reply(status: int, payload: Any, headers: Headers | None = None) -> Rep
     body = json.dumps(payload).encode()
     base = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return status, base + (headers or []), body
+
+
+def answer_headers() -> Headers:
+    """The headers Azure puts on a successful answer: its request ids, region and what is left
+    of the deployment's rate limits (section 8 of docs/azure.md)."""
+    request_id = str(uuid.uuid4()).encode()
+    return [
+        (b"apim-request-id", request_id),
+        (b"x-request-id", request_id),
+        (b"x-ms-region", b"emulator"),
+        (b"x-ratelimit-remaining-requests", b"999"),
+        (b"x-ratelimit-remaining-tokens", b"99999"),
+    ]
