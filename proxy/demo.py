@@ -185,7 +185,7 @@ No Azure account is used and nothing leaves this machine. Answers are echoes fro
   Anthropic base URL {proxy}/anthropic
   emulated Entra ID  {entra}
   emulated Foundry   {foundry}   ({", ".join(knobs)})
-  deployments        {", ".join(f"{d.name} ({d.kind})" for d in held)}
+  deployments        {",".join(f"{d.name}={d.kind}" for d in held)}
 
 Try it:
 

@@ -215,7 +215,9 @@ def test_demo_answers_mistakes_as_azure_does() -> None:
     d = Demo("--deployments", "prod-chat=chat,prod-embed=embeddings,prod-claude=claude")
     try:
         banner = "".join(d.out)
-        assert "deployments        prod-chat (chat), prod-embed (embeddings)" in banner
+        assert "deployments        prod-chat=chat,prod-embed=embeddings,prod-claude=claude\n" in (
+            banner
+        )
         assert 'model="prod-chat"' in banner
         assert 'model="prod-claude"' in banner
         with openai.OpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as client:
