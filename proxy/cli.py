@@ -55,9 +55,7 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _commands(parser: argparse.ArgumentParser) -> None:
-    from proxy.demo import add_arguments as demo_arguments
-
+def _commands(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     commands = parser.add_subparsers(
         title="commands",
         dest="command",
@@ -71,7 +69,12 @@ def _commands(parser: argparse.ArgumentParser) -> None:
         description="Run the proxy in front of an emulated Entra ID and Foundry: no Azure "
         "account needed, nothing leaves this machine.",
     )
-    demo_arguments(demo)
+    if argv[:1] == ["demo"]:
+        # Only the demo's own command line needs its options: importing them brings in the
+        # emulator and the demo, which a proxy serving requests never uses (idle memory).
+        from proxy.demo import add_arguments as demo_arguments
+
+        demo_arguments(demo)
     check = commands.add_parser(
         "check",
         prog="foundry-proxy check",
@@ -88,7 +91,7 @@ def _commands(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foundry-proxy",
         # argparse would show the command as required; without one, the proxy runs.
@@ -101,12 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"foundry-proxy {__version__}")
     _serve_options(parser)
-    _commands(parser)
+    _commands(parser, argv)
     return parser
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = _parser()
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     if args.command is not None and argv[0] != args.command:
         # The proxy's options mean nothing to a command, and a command's own options share
