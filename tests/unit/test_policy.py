@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.policy import DEFAULT_RULES, KNOWN_OPERATIONS, Policy, parse_rules
+from proxy.operations import KNOWN_OPERATIONS
+from proxy.policy import DEFAULT_RULES, Policy, parse_rules
 
 DEFAULT = Policy(parse_rules(",".join(DEFAULT_RULES)))
 
@@ -103,5 +104,5 @@ def test_closest_is_bounded_for_long_paths_and_many_paths() -> None:
     assert len(known) < 300
     for i in range(1000):
         policy.closest("POST", f"/v1/chat/completion{i}")
-    assert len(policy._closest) <= 256
+    assert len(policy._suggester._closest) <= 256
     assert policy.closest("POST", "/v1/chat/completion") == ("POST /v1/chat/completions", True)
