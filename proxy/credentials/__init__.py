@@ -2,7 +2,8 @@
 
 from proxy.credentials.base import AccessToken, Credential
 from proxy.credentials.factory import credential_from_settings
-from proxy.credentials.provider import RetryPolicy, TokenProvider, TokenStatus
+from proxy.credentials.provider import TokenProvider, TokenStatus
+from proxy.credentials.schedule import RetryPolicy
 
 __all__ = [
     "AccessToken",

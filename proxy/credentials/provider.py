@@ -6,10 +6,8 @@ The rules:
 - requests read the cached token without awaiting anything; they wait only when no valid token
   exists, for a bounded time, and only for a call under way or about to start: when the last
   call failed and the next is further off, they fail at once (see retry_in);
-- refresh at the earlier of the server's ``refresh_in`` and half the lifetime, a little early by
-  jitter, so half the lifetime is left as outage tolerance;
-- a failed refresh keeps the old token while it is valid and retries with capped exponential
-  backoff and jitter, honouring Retry-After; configuration errors back off longest;
+- a failed refresh keeps the old token while it is valid; when to call again, after a token or
+  a failure, is schedule.py's;
 - the refresh loop never dies, and it is cancelled and awaited at shutdown.
 
 Validity is checked on two clocks: the monotonic one (immune to wall-clock steps) and the wall
@@ -32,6 +30,12 @@ from cachetools import TLRUCache
 
 from proxy.credentials.base import AccessToken, Credential
 from proxy.credentials.codes import TokenErrorCode
+from proxy.credentials.schedule import (
+    RetryPolicy,
+    expiry_margin,
+    refresh_after,
+    retry_after_failure,
+)
 from proxy.errors import CredentialError, CredentialUnavailable
 
 log = logging.getLogger("foundry_proxy.token")
@@ -48,38 +52,6 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff after failed token calls, in seconds."""
-
-    transient_first: float = 1.0
-    transient_max: float = 60.0
-    # With no valid token every request fails, so retry a transient failure sooner: recovery
-    # within seconds of Entra coming back matters more than a few extra calls during an outage.
-    transient_max_without_token: float = 10.0
-    # A rejected secret or unknown tenant will not fix itself in a second; asking again quickly
-    # only adds sign-in failures to the tenant's logs (and can trip Entra's throttling).
-    config_first: float = 30.0
-    config_max: float = 600.0
-    # openai 2.x/3.x SDKs skip their own retry when Retry-After exceeds 120 s, and Entra never
-    # asks for more than minutes; cap what a misbehaving server can make us wait.
-    max_retry_after: float = 3600.0
-    # A 401 storm must not become a token-call storm: at most one forced refresh this often.
-    forced_refresh_interval: float = 5.0
-    # Never schedule the next call sooner than this, whatever the token's timing says.
-    min_delay: float = 0.5
-    # After a configuration error, a request may trigger one attempt this often, ahead of the
-    # long backoff: a user who just fixed the cause (ran `az login`, uploaded the certificate,
-    # rotated the secret file) sees it work on the next request rather than minutes later.
-    # The same rate as config_first, so Entra sees no more failed sign-ins than before.
-    on_demand_interval: float = 30.0
-    # With no valid token and the last call failed, a request waits for the next call only
-    # when it is due this soon (a first retry after a blip). A later one means the token
-    # service is down: the request is answered at once instead of held for the whole token
-    # wait, once per client retry (the openai SDK surfaced such a 503 only after ~34 s).
-    imminent_retry: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,20 +318,14 @@ class TokenProvider:
         self, scope: str, state: _Scope, token: AccessToken, started: float, started_wall: float
     ) -> float:
         lifetime = token.expires_in
-        # Measured from when the request was sent, so it can only err on the early side.
-        # The margin keeps a token from being sent upstream seconds before it expires there.
-        margin = min(60.0, lifetime * 0.1)
+        margin = expiry_margin(lifetime)
         held = HeldToken(
             token=token.token,
             usable_until=started + lifetime - margin,
             usable_until_wall=started_wall + lifetime - margin,
         )
         self._cache[scope] = held
-        refresh = lifetime / 2
-        if token.refresh_in is not None:
-            refresh = min(refresh, token.refresh_in)
-        # Jitter spreads the refreshes of many replicas started together.
-        refresh -= self._rng.uniform(0.0, min(60.0, refresh * 0.1))
+        refresh = refresh_after(lifetime, token.refresh_in, self._rng)
         recovered = state.failures > 0
         state.failures = 0
         state.error = None
@@ -379,25 +345,11 @@ class TokenProvider:
         return max(self._policy.min_delay, refresh - elapsed)
 
     def _failed(self, scope: str, state: _Scope, err: CredentialError) -> float:
-        policy = self._policy
         state.failures += 1
         state.error = err
-        first, cap = (
-            (policy.config_first, policy.config_max)
-            if err.permanent
-            else (policy.transient_first, policy.transient_max)
-        )
         held = self._cache.get(scope)
-        if held is None and not err.permanent:
-            cap = min(cap, policy.transient_max_without_token)
-        backoff = min(cap, first * 2 ** min(state.failures - 1, 30))
-        delay = self._rng.uniform(backoff / 2, backoff)
-        if held is not None:
-            # Keep trying while the old token lasts: at least twice before it runs out.
-            left = held.usable_until - self._clock.monotonic()
-            delay = min(delay, max(policy.min_delay, left / 2))
-        if err.retry_after is not None:
-            delay = max(delay, min(err.retry_after, policy.max_retry_after))
+        left = None if held is None else held.usable_until - self._clock.monotonic()
+        delay = retry_after_failure(self._policy, err, state.failures, left, self._rng)
         state.notify()
         if self._observer is not None:
             self._observer(scope, False)

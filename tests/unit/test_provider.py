@@ -16,7 +16,8 @@ from typing import TypeVar
 import pytest
 
 from proxy.credentials.base import AccessToken
-from proxy.credentials.provider import RetryPolicy, TokenProvider
+from proxy.credentials.provider import TokenProvider
+from proxy.credentials.schedule import RetryPolicy
 from proxy.errors import AuthenticationFailed, CredentialError, CredentialUnavailable
 from tests.support import virtual_time
 from tests.support.virtual_time import LoopClock
