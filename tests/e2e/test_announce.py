@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.stack import Stack, clean_environment
-from tests.fakes.rawsock import request
 from tests.support.processes import Child
+from tests.support.rawsock import request
 
 pytestmark = pytest.mark.e2e
 

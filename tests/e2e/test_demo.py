@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from tests.e2e.stack import clean_environment, run_proxy
-from tests.fakes.rawsock import request
 from tests.support.processes import Child
+from tests.support.rawsock import request
 from tests.support.readiness import wait_for_status
 
 pytestmark = pytest.mark.e2e

@@ -14,8 +14,8 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.fakes.rawsock import request
 from tests.support.chat import CHAT, CHAT_PATH
+from tests.support.rawsock import request
 
 pytestmark = pytest.mark.e2e
 

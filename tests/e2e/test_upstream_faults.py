@@ -10,9 +10,9 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.fakes.rawsock import json_post
 from tests.fakes.serve import bind_loopback
 from tests.support.chat import CHAT, CHAT_PATH, chat_body
+from tests.support.rawsock import json_post
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e

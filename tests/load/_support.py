@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.e2e.stack import Stack
-from tests.fakes.rawsock import json_post
 from tests.support.chat import chat_body
 from tests.support.identities import CLIENT_ID, TENANT
 
@@ -27,6 +26,7 @@ from tests.support.identities import CLIENT_ID, TENANT
 from tests.support.procfs import fd_count as fd_count
 from tests.support.procfs import rss_kb as rss_kb
 from tests.support.procfs import settle_fds as settle_fds
+from tests.support.rawsock import json_post
 
 COGNITIVE = "https://cognitiveservices.azure.com"
 # The fake streams N tokens as N + 4 SSE events: prompt filter results, role, N tokens, stop,

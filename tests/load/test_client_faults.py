@@ -16,7 +16,6 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.fakes.rawsock import json_post, request
 from tests.load._support import (
     EXTRA_EVENTS,
     Exchange,
@@ -30,6 +29,7 @@ from tests.load._support import (
 )
 from tests.support.chat import CHAT_PATH, chat_body
 from tests.support.procfs import fd_count, rss_kb, settle_fds
+from tests.support.rawsock import json_post, request
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e

@@ -20,9 +20,9 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.fakes.rawsock import json_post
 from tests.support.chat import CHAT, CHAT_PATH, chat_body
 from tests.support.procfs import rss_kb
+from tests.support.rawsock import json_post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
 

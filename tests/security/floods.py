@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import httpx2
 
-from tests.fakes.rawsock import request
 from tests.load._support import fd_count, rss_kb
 from tests.support.chat import CHAT, CHAT_PATH
+from tests.support.rawsock import request
 
 
 def eventually(predicate: Callable[[], object], timeout: float = 5) -> bool:

@@ -8,7 +8,7 @@ import re
 
 from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
-from tests.fakes.rawsock import Exchange
+from tests.support.rawsock import Exchange
 
 # Local prefix -> upstream prefix (docs/routes.md, "Routes").
 ROUTES = (

@@ -23,10 +23,10 @@ import pytest
 
 from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
-from tests.fakes.rawsock import exchange
 from tests.load._support import raise_nofile, settle_fds
 from tests.security.floods import CHAT, Canary, Figures, Sampler, eventually
 from tests.security.support import assert_healthy
+from tests.support.rawsock import exchange
 
 pytestmark = pytest.mark.e2e
 

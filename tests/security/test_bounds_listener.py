@@ -18,10 +18,10 @@ import pytest
 
 from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
-from tests.fakes.rawsock import exchange, parse_responses
 from tests.load._support import raise_nofile, settle_fds
 from tests.security.floods import Canary, Figures, Sampler, crlf_trickle, eventually, pipeline_flood
 from tests.security.support import assert_clean_answer, assert_healthy
+from tests.support.rawsock import exchange, parse_responses
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ import httpx2
 import pytest
 
 from tests.e2e.stack import Stack
-from tests.fakes.rawsock import exchange, request
 from tests.security.floods import CHAT, eventually
+from tests.support.rawsock import exchange, request
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ import pytest
 from tests.e2e.stack import Stack
 from tests.fakes.evil import GZIP_BODY, EvilListeners, ScriptedUpstream
 from tests.fakes.foundry import Entry
-from tests.fakes.rawsock import Exchange, exchange, request
 from tests.security.support import assert_clean_answer, assert_healthy, proxy_log_lines
 from tests.support.chat import chat_body
+from tests.support.rawsock import Exchange, exchange, request
 
 pytestmark = pytest.mark.e2e
 

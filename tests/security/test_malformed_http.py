@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from tests.e2e.stack import Stack
 from tests.fakes.evil import EvilListeners
-from tests.fakes.rawsock import Exchange, exchange, request
 from tests.security.support import (
     assert_clean_answer,
     assert_healthy,
@@ -31,6 +30,7 @@ from tests.security.support import (
 )
 from tests.support.chat import UPSTREAM_CHAT_PATH
 from tests.support.procfs import peak_rss_kb, rss_kb
+from tests.support.rawsock import Exchange, exchange, request
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from tests.e2e.stack import Stack, clean_environment, run_proxy
 from tests.fakes.evil import EvilListeners, ScriptedUpstream, TcpCounter
-from tests.fakes.rawsock import exchange, request
 from tests.fakes.serve import ServerThread
 from tests.security.support import (
     assert_clean_answer,
@@ -33,6 +32,7 @@ from tests.security.support import (
     unsafe_upstream_path,
 )
 from tests.support.identities import CLIENT_ID, TENANT
+from tests.support.rawsock import exchange, request
 from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
