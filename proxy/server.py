@@ -48,6 +48,8 @@ BACKLOG = 2048
 # Signals that end the service gracefully. SIGHUP is what a closing terminal or ssh session
 # sends: in-flight streams finish, as for SIGTERM from a process manager.
 DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Net new container objects between young collections (Python's default: 700).
+YOUNG_GENERATION_THRESHOLD = 10_000
 
 
 class ListenError(Exception):
@@ -207,13 +209,19 @@ def _nothing() -> None:
     return None
 
 
-def freeze_startup_heap() -> None:
-    """Move what exists once the proxy has started (modules, classes, settings: ~64,000
-    objects) out of the garbage collector's sight. Every full collection walked them all: at
-    c=32 those pauses made p99 4.5x p50 (bench, same run: 1.9x frozen; 10 full collections in
-    24 s took 0.94 s unfrozen, 0.13 s frozen). Collected first, so no garbage is kept."""
+def settle_garbage_collector() -> None:
+    """Tune the cycle collector for serving, once the proxy has started (bench, same runs).
+
+    The objects that exist by then (modules, classes, settings: ~64,000) are frozen out of its
+    sight: every full collection walked them all, and at c=32 those pauses made p99 4.5x p50
+    (1.9x frozen; 10 full collections in 24 s took 0.94 s unfrozen, 0.13 s frozen). They are
+    collected first, so no garbage is kept. The young generation's threshold goes from 700 to
+    10,000 net new objects: the requests in flight alone crossed 700 about 70 times a second
+    (1,627 young collections in 24 s, 0.66 s; 153 and 0.035 s at 10,000), and CPU per small
+    request fell from 387 to 305 us. Cyclic garbage waits longer, bounded by that count."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
 
 
 class DrainingServer(uvicorn.Server):
@@ -233,7 +241,7 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and not self.should_exit:
-            freeze_startup_heap()
+            settle_garbage_collector()
             self._on_started()
 
     @contextlib.contextmanager
@@ -302,7 +310,7 @@ class _WorkerApp:
         # at once, cutting their streams.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         app = self.factory()
-        freeze_startup_heap()  # before the lifespan's few objects, after the bulk of imports
+        settle_garbage_collector()  # after the bulk of imports; the lifespan adds few
         return app
 
 
