@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import peers, profile
 from bench.servers import CLIENT_ID, SECRET, TENANT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +70,23 @@ class Mode:
     hold_events: int  # events per slow stream, 250 ms apart
     rates: tuple[int, ...] = (200, 1000)
     workers: bool = True  # also measure --workers 2 against one worker
+    peers: bool = True  # LiteLLM's proxy on the same upstream (installed into a cache dir)
+    profile: bool = True  # py-spy flame graph of the proxy under load
 
 
 MODES = {
     "full": Mode(seconds=6, reps=3, sse_count=60, hold_streams=1000, hold_events=40),
     "quick": Mode(seconds=2, reps=1, sse_count=10, hold_streams=300, hold_events=8),
     "tiny": Mode(
-        seconds=1, reps=1, sse_count=2, hold_streams=20, hold_events=2, rates=(200,), workers=False
+        seconds=1,
+        reps=1,
+        sse_count=2,
+        hold_streams=20,
+        hold_events=2,
+        rates=(200,),
+        workers=False,
+        peers=False,
+        profile=False,
     ),
 }
 
@@ -160,13 +171,16 @@ class Bench:
         # nginx workers drop to an unprivileged user and must read the SSE body file.
         self.tmp.chmod(0o755)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}  # pid -> its stderr
         self.python = sys.executable
+        self.skipped: dict[str, str] = {}  # part of the run -> why it did not run
 
     # -- processes ---------------------------------------------------------------------------
 
     def spawn(
         self, args: list[str], cpu: int, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{Path(args[0]).name}-{len(self.procs)}.log"
         proc = subprocess.Popen(
             pinned(cpu) + args,
             cwd=ROOT,
@@ -174,9 +188,10 @@ class Bench:
             # Its own process group, so stop() also reaches what it forks (--workers).
             start_new_session=True,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.tmp / f"{Path(args[0]).name}-{len(self.procs)}.log", "wb"),  # noqa: SIM115
+            stderr=open(log, "wb"),  # noqa: SIM115
         )
         self.procs.append(proc)
+        self.logs[proc.pid] = log
         return proc
 
     def nginx(self, name: str, server: str, cpu: int) -> subprocess.Popen[bytes]:
@@ -270,7 +285,13 @@ http {{
             "FOUNDRY_PROXY_POLICY": "open",
         }
         self.proxy_env = env
-        proxy = self.spawn([self.python, "-m", "proxy", "--port", str(fp)], 0, env)
+        self.upstream = f"http://127.0.0.1:{up}"
+        # -X importtime for the proxy under test: which modules serving loads, and their cost.
+        proxy = self.spawn(
+            [self.python, "-m", "proxy", "--port", str(fp)],
+            0,
+            env | {"PYTHONPROFILEIMPORTTIME": "1"},
+        )
         for port in (up, slow, entra, ngx, fp):
             wait_port(port)
         deadline = time.monotonic() + 20
@@ -278,8 +299,11 @@ http {{
             if time.monotonic() > deadline:
                 raise RuntimeError("foundry-proxy never became ready; logs in " + str(self.tmp))
             time.sleep(0.05)
-        time.sleep(0.5)
+        # Idle as the issue defines it: started, one request answered, then left alone.
+        self.get(fp, "/v1/chat/completions", "POST", b'{"model":"gpt-4o-mini","messages":[]}')
+        time.sleep(1)
         self.idle_rss = rss_mb([proxy.pid])
+        self.importtime = import_summary(self.logs[proxy.pid])
         return [
             Variant("direct", f"http://127.0.0.1:{up}/openai/v1", None),
             Variant("nginx", f"http://127.0.0.1:{ngx}/v1", nginx_proxy),
@@ -326,8 +350,10 @@ http {{
         path: str,
         connections: int,
         post: bool,
+        auth: str = "Bearer local-dummy",
+        seconds: float | None = None,
     ) -> dict[str, Any]:
-        script = self.tmp / "post.lua"
+        script = self.tmp / f"post-{hashlib.sha256(auth.encode()).hexdigest()[:8]}.lua"
         body = json.dumps(
             {
                 "model": "gpt-4o-mini",
@@ -340,13 +366,13 @@ http {{
             'wrk.method = "POST"\n'
             f"wrk.body = [[{body}]]\n"
             'wrk.headers["Content-Type"] = "application/json"\n'
-            'wrk.headers["Authorization"] = "Bearer local-dummy"\n'
+            f'wrk.headers["Authorization"] = "{auth}"\n'
         )
         args = [
             "wrk",
             "-t1",
             f"-c{connections}",
-            f"-d{max(1, round(self.mode.seconds))}s",
+            f"-d{max(1, round(seconds or self.mode.seconds))}s",
             "--timeout",
             "10s",
             "--latency",
@@ -363,6 +389,8 @@ http {{
         errors = re.search(r"Socket errors: .*", out)
         return {
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": _wrk_percentile(out, "50"),
+            "p99_ms": _wrk_percentile(out, "99"),
             "cpu_us": used / TICK * 1e6 / requests if variant.pids and requests else None,
             "errors": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": errors.group(0) if errors else "",
@@ -454,6 +482,80 @@ http {{
             proc.wait(20)
         return {n: _median(r) for n, r in runs.items()}
 
+    def litellm(self, proxy: Variant) -> dict[str, Any] | None:
+        """LiteLLM's proxy (one worker, pinned to CPU 0 like foundry-proxy) against foundry-proxy
+        on the same nginx upstream, alternately, small requests at c=32."""
+        command, reason = peers.litellm_command()
+        if command is None:
+            self.skipped["LiteLLM"] = reason
+            return None
+        port = free_port()
+        config = self.tmp / "litellm.yaml"
+        peers.litellm_config(config, self.upstream)
+        args = [str(command), "--config", str(config), "--host", "127.0.0.1"]
+        proc = subprocess.Popen(
+            [*pinned(0), *args, "--port", str(port), "--num_workers", "1"],
+            cwd=self.tmp,
+            env=peers.litellm_env(),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "litellm.log", "wb"),  # noqa: SIM115
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 240  # it imports for a long while
+        while self.get(port, "/health/liveliness")[0] != 200:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                self.skipped["LiteLLM"] = f"it did not start; its log: {self.tmp / 'litellm.log'}"
+                return None
+            time.sleep(0.5)
+        time.sleep(1)
+        peer = Variant("LiteLLM", f"http://127.0.0.1:{port}/v1", proc)
+        peer.pids = sorted({p for pid in peer.pids for p in process_tree(pid)})
+        auth = f"Bearer {peers.MASTER_KEY}"
+        runs: dict[str, list[dict[str, Any]]] = {"litellm": [], "proxy": []}
+        for _ in range(self.mode.reps):
+            runs["litellm"].append(self.wrk(peer, "/chat/completions", 32, True, auth=auth))
+            runs["proxy"].append(self.wrk(proxy, "/chat/completions", 32, True))
+        result = {n: _median(r) for n, r in runs.items()}
+        result["idle_rss_mb"] = rss_mb(peer.pids)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        return result
+
+    def flame(self, proxy: Variant, out: Path) -> dict[str, Any] | None:
+        """The proxy under small requests at c=32, sampled by py-spy twice: a flame graph (SVG)
+        and raw stacks summed into shares; each share times the CPU per request of its run."""
+        exe = profile.py_spy()
+        if exe is None:
+            self.skipped["flame graph"] = "py-spy not found (pip install py-spy)"
+            return None
+        out.mkdir(parents=True, exist_ok=True)
+        seconds = max(4, round(2 * self.mode.seconds))
+        cpu: list[float] = []
+        for fmt, path in (("flamegraph", out / "flame.svg"), ("raw", out / "flame.txt")):
+            spy = profile.record(exe, proxy.pids[0], seconds, fmt, path, pinned(1))
+            time.sleep(0.5)
+            cpu.append(self.wrk(proxy, "/chat/completions", 32, True, seconds=seconds)["cpu_us"])
+            _, err = spy.communicate(timeout=seconds + 60)
+            if spy.returncode != 0 or not path.exists():
+                self.skipped["flame graph"] = (
+                    f"py-spy failed: {err.decode(errors='replace')[-300:]}"
+                )
+                return None
+        per_request = statistics.median(cpu)
+        return {
+            "cpu_us": per_request,
+            "shares": [
+                (where, share, share * per_request)
+                for where, share in profile.shares(out / "flame.txt")
+            ],
+        }
+
     def identical(self, variants: list[Variant]) -> dict[str, bool]:
         def fetch(v: Variant, path: str, post: bool) -> bytes:
             port = int(v.base.split(":")[2].split("/")[0])
@@ -520,6 +622,8 @@ http {{
                     time.sleep(0.5)
         scaling = self.workers_scaling(variants[2]) if mode.workers else None
         observability = self.observability_cost() if mode.workers else None
+        litellm = self.litellm(variants[2]) if mode.peers else None
+        flame = self.flame(variants[2], self.out) if mode.profile else None
         medians = {
             test: {v: _median(runs) for v, runs in by_variant.items()}
             for test, by_variant in raw.items()
@@ -530,8 +634,46 @@ http {{
             "idle_rss_mb": self.idle_rss,
             "workers": scaling,
             "observability": observability,
+            "litellm": litellm,
+            "flame": flame,
+            "importtime": self.importtime,
+            "skipped": self.skipped,
             "raw": raw,
         }
+
+
+def import_summary(log: Path) -> dict[str, Any]:
+    """From a `python -X importtime` log: modules imported, their total time, the packages
+    that cost most (cumulative time of their top-level import)."""
+    own_us = 0
+    modules = 0
+    packages: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        head, cumulative, name = (part.strip() for part in line.split("|", 2))
+        own = head.removeprefix("import time:").strip()
+        if not own.isdigit():
+            continue  # the header line
+        modules += 1
+        own_us += int(own)
+        top = name.split(".")[0]
+        packages[top] = max(packages.get(top, 0), int(cumulative))
+    ranked = sorted(packages.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "modules": modules,
+        "total_ms": own_us / 1000,
+        "top_ms": [(n, us / 1000) for n, us in ranked],
+    }
+
+
+def _wrk_percentile(out: str, which: str) -> float | None:
+    """One line of wrk's --latency distribution ("99%   31.20ms"), in milliseconds."""
+    found = re.search(rf"^\s+{which}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    if found is None:
+        return None
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+    return float(found.group(1)) * scale
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -584,6 +726,13 @@ def report(
             _f(c32[n]["rps"]),
             _f(c32[f]["rps"]),
             _ratio(c32[f]["rps"], c32[n]["rps"], " of nginx", pct=True),
+        ),
+        (
+            "latency c=32: p50 / p99 (ms)",
+            f"{_f(c32[d]['p50_ms'], 2)} / {_f(c32[d]['p99_ms'], 2)}",
+            f"{_f(c32[n]['p50_ms'], 2)} / {_f(c32[n]['p99_ms'], 2)}",
+            f"{_f(c32[f]['p50_ms'], 2)} / {_f(c32[f]['p99_ms'], 2)}",
+            _ratio(c32[f]["p99_ms"], c32[f]["p50_ms"], "x: foundry-proxy's p99 / p50"),
         ),
         (
             "req/s, c=256",
@@ -666,7 +815,7 @@ def report(
             _f(h[f]["cpu_pct"], 1),
             "",
         ),
-        ("idle RSS (MB)", "-", "-", _f(result["idle_rss_mb"], 1), ""),
+        ("idle RSS after one request (MB)", "-", "-", _f(result["idle_rss_mb"], 1), ""),
         (
             "failed or non-2xx requests (all tests)",
             _f(_errors(m, d)),
@@ -702,12 +851,52 @@ def report(
             f"| on (default) | {_f(o['on']['rps'])} | {_f(o['on']['cpu_us'])} |",
             f"| off | {_f(o['off']['rps'])} | {_f(o['off']['cpu_us'])} ({_ratio(o['on']['cpu_us'], o['off']['cpu_us'], 'x with them on')}) |",
         ]
+    lines += _extra_tables(result)
     targets = _targets(result, mode_name)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [
         f"| {t} | {v} | {'yes' if ok else 'no' if ok is False else '-'} |" for t, v, ok in targets
     ]
     return "\n".join(lines), targets
+
+
+def _extra_tables(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    peer = result.get("litellm")
+    if peer:
+        lit, fp = peer["litellm"], peer["proxy"]
+        lines += [
+            "",
+            "| vs LiteLLM (wrk -t1 -c32 small requests; both pinned to CPU 0, run alternately) "
+            "| req/s | CPU per request (µs) | p50 / p99 (ms) |",
+            "|---|---|---|---|",
+            f"| LiteLLM proxy (1 worker) | {_f(lit['rps'], 1)} | {_f(lit['cpu_us'])} "
+            f"| {_f(lit['p50_ms'], 1)} / {_f(lit['p99_ms'], 1)} |",
+            f"| foundry-proxy | {_f(fp['rps'])} ({_ratio(fp['rps'], lit['rps'], 'x LiteLLM')}) "
+            f"| {_f(fp['cpu_us'])} ({_ratio(lit['cpu_us'], fp['cpu_us'], 'x less')}) "
+            f"| {_f(fp['p50_ms'], 1)} / {_f(fp['p99_ms'], 1)} |",
+            f"| LiteLLM idle RSS after the runs (MB) | {_f(peer['idle_rss_mb'], 1)} | | |",
+        ]
+    flame = result.get("flame")
+    if flame:
+        lines += [
+            "",
+            f"| where a small request's {_f(flame['cpu_us'])} µs go (py-spy --gil, self time "
+            "by module; flame.svg) | share | µs |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {w} | {100 * sh:.1f} % | {us:.0f} |" for w, sh, us in flame["shares"]]
+    imports = result.get("importtime")
+    if imports:
+        top = ", ".join(f"{n} {ms:.0f}" for n, ms in imports["top_ms"])
+        lines += [
+            "",
+            f"python -X importtime of the proxy under test: {imports['modules']} modules, "
+            f"{imports['total_ms']:.0f} ms in all; largest (ms, cumulative): {top}.",
+        ]
+    for part, reason in (result.get("skipped") or {}).items():
+        lines += ["", f"{part}: skipped, {reason}"]
+    return lines
 
 
 def _errors(medians: dict[str, Any], variant: str) -> float:
@@ -731,6 +920,8 @@ def _targets(result: dict[str, Any], mode_name: str) -> list[tuple[str, str, boo
         return float(m[test][f][key] - m[test][d][key])
 
     c32, c256 = m["chat_c32"][f]["cpu_us"], m["chat_c256"][f]["cpu_us"]
+    p50, p99 = m["chat_c32"][f].get("p50_ms"), m["chat_c32"][f].get("p99_ms")
+    w, peer = result.get("workers"), result.get("litellm")
     h = m["hold"][f]
     n = h["streams"]
     # (target, measured value, limit, format, at least instead of at most)
@@ -775,7 +966,24 @@ def _targets(result: dict[str, Any], mode_name: str) -> list[tuple[str, str, boo
         (f"{n} slow streams: event p99 <= 20 ms", h["event_p99_ms"], 20, "{:.1f} ms", False),
         (f"{n} slow streams: peak RSS <= 100 MB", h["peak_rss_mb"], 100, "{:.1f} MB", False),
         (f"{n} slow streams: <= 25 % of a core", h["cpu_pct"], 25, "{:.1f} %", False),
-        ("idle RSS <= 40 MB", result["idle_rss_mb"], 40, "{:.1f} MB", False),
+        ("idle RSS after one request <= 40 MB", result["idle_rss_mb"], 40, "{:.1f} MB", False),
+        ("c=32: p99 <= 3x p50", p99 / p50 if p50 and p99 else None, 3, "{:.2f}x", False),
+        (
+            "--workers 2: >= 1.7x the req/s of one",
+            w["2"]["rps"] / w["1"]["rps"] if w else None,
+            1.7,
+            "{:.2f}x",
+            True,
+        ),
+        (
+            "LiteLLM on the same upstream: >= 50x its req/s",
+            peer["proxy"]["rps"] / peer["litellm"]["rps"]
+            if peer and peer["litellm"]["rps"]
+            else None,
+            50,
+            "{:.0f}x",
+            True,
+        ),
     ]
     out: list[tuple[str, str, bool | None]] = []
     for name, value, limit, fmt, at_least in rows:
@@ -874,6 +1082,10 @@ def main() -> int:
     )
     parser.add_argument("--reps", type=int, help="repetitions (default: 3 full, 1 quick)")
     parser.add_argument(
+        "--no-litellm", action="store_true", help="skip the LiteLLM comparison (and its install)"
+    )
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy flame graph")
+    parser.add_argument(
         "--install", action="store_true", help="apt-get install nginx-light and wrk if missing"
     )
     parser.add_argument(
@@ -887,6 +1099,10 @@ def main() -> int:
     mode = MODES[mode_name]
     if args.reps:
         mode = dataclasses.replace(mode, reps=args.reps)
+    if args.no_litellm:
+        mode = dataclasses.replace(mode, peers=False)
+    if args.no_profile:
+        mode = dataclasses.replace(mode, profile=False)
     check_tools(args.install)
     bench = Bench(mode, args.out)
     started = time.monotonic()
