@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.support.processes import end_all
 
 
@@ -26,13 +26,7 @@ def stack() -> Iterator[Stack]:
 
     On teardown the proxy's whole DEBUG log is scanned for the canary secret and tokens.
     """
-    s = Stack()
-    try:
-        s.start_proxy()
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log), "a secret or token reached the proxy's log"
+    yield from serving(Stack())
 
 
 @pytest.fixture

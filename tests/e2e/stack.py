@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -189,3 +190,14 @@ def openai_client(url: str, **kwargs: Any) -> Any:
     from openai import OpenAI
 
     return OpenAI(base_url=url + "/v1", api_key="no-secret-here", max_retries=0, **kwargs)
+
+
+def serving(s: Stack) -> Iterator[Stack]:
+    """``s`` with its proxy started, for a fixture to ``yield from``; on teardown the proxy and
+    fakes are closed and the proxy's whole log is scanned for the canary secret and tokens."""
+    try:
+        s.start_proxy()
+        yield s
+    finally:
+        log = s.close()
+        assert not s.leaks(log), "a secret or token reached the proxy's log"

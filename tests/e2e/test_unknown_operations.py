@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.support.chat import CHAT
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +26,7 @@ def default_policy() -> Iterator[Stack]:
     s = Stack()
     del s.env["FOUNDRY_PROXY_POLICY"]  # the default policy, not the test stack's open one
     s.env["FOUNDRY_PROXY_ALLOW"] = "GET /openai/v1/brand_new"  # an operation newer than the list
-    try:
-        s.start_proxy()
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log)
+    yield from serving(s)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.fakes.evil import EvilListeners, ScriptedUpstream
 from tests.fakes.serve import ServerThread
 
@@ -26,6 +26,12 @@ def evil() -> Iterator[EvilListeners]:
         yield listeners
     finally:
         listeners.stop()
+
+
+@pytest.fixture
+def quiet() -> Iterator[Stack]:
+    """A proxy without the access log and debug lines: floods would fill the captured log."""
+    yield from serving(Stack(FOUNDRY_PROXY_LOG_LEVEL="info", FOUNDRY_PROXY_ACCESS_LOG="off"))
 
 
 @pytest.fixture(scope="module")

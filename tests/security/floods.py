@@ -11,14 +11,14 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 
 import httpx2
 
 from tests.load._support import fd_count, rss_kb
 from tests.support.chat import CHAT, CHAT_PATH
-from tests.support.rawsock import request
+from tests.support.rawsock import json_head, request
 
 
 def eventually(predicate: Callable[[], object], timeout: float = 5) -> bool:
@@ -214,6 +214,28 @@ def pipeline_flood(
     return result
 
 
+@contextlib.asynccontextmanager
+async def connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection to the proxy on loopback, opened within 20 s and closed (waiting at most
+    2 s for the close) however the attack on it ends."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 20)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+def concurrently(attacks: Iterable[Coroutine[object, object, None]]) -> None:
+    """Run the attacks (one per connection) together until every one has ended."""
+
+    async def main() -> None:
+        await asyncio.gather(*attacks)
+
+    asyncio.run(main())
+
+
 @dataclass
 class TrickleResult:
     opened: int = 0  # connections that got their first answer (a 200 or the cap's 503)
@@ -226,39 +248,33 @@ class TrickleResult:
 async def _trickle_one(
     port: int, every: float, seconds: float, result: TrickleResult, start: asyncio.Event
 ) -> None:
-    writer: asyncio.StreamWriter | None = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 20)
-        writer.write(request("GET /healthz HTTP/1.1"))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-        if b" 503 " in head.split(b"\r\n", 1)[0]:
-            result.refused += 1
-            return
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        await asyncio.wait_for(reader.readexactly(length), 20)
-        result.opened += 1
-        await start.wait()
-        began = time.monotonic()
-        while time.monotonic() - began < seconds:
-            try:
-                writer.write(b"\r\n")
-                await writer.drain()
-                data = await asyncio.wait_for(reader.read(4096), every)
-            except TimeoutError:
-                continue
-            except OSError:
-                data = b""
-            if not data or reader.at_eof():
-                result.closed_at.append(time.monotonic() - began)
+        async with connection(port) as (reader, writer):
+            writer.write(request("GET /healthz HTTP/1.1"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+            if b" 503 " in head.split(b"\r\n", 1)[0]:
+                result.refused += 1
                 return
-        result.open_at_end += 1
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await asyncio.wait_for(reader.readexactly(length), 20)
+            result.opened += 1
+            await start.wait()
+            began = time.monotonic()
+            while time.monotonic() - began < seconds:
+                try:
+                    writer.write(b"\r\n")
+                    await writer.drain()
+                    data = await asyncio.wait_for(reader.read(4096), every)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data or reader.at_eof():
+                    result.closed_at.append(time.monotonic() - began)
+                    return
+            result.open_at_end += 1
     except (OSError, TimeoutError, asyncio.IncompleteReadError, IndexError, ValueError):
         result.failed += 1
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 2)
 
 
 def crlf_trickle(
@@ -299,38 +315,32 @@ class SlowBodyResult:
 async def _slow_body_one(
     port: int, head: bytes, every: float, seconds: float, result: SlowBodyResult
 ) -> None:
-    writer: asyncio.StreamWriter | None = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 20)
-        writer.write(head)
-        began = time.monotonic()
-        answer = b""
-        while time.monotonic() - began < seconds:
-            try:
-                writer.write(b"x")
-                await writer.drain()
-                data = await asyncio.wait_for(reader.read(65536), every)
-            except TimeoutError:
-                continue
-            answer += data
-            if not data or b"\r\n\r\n" in answer:
-                break
-        if not answer:
-            if time.monotonic() - began >= seconds:
-                result.open_at_end += 1
-            else:
-                result.failed += 1
-            return
-        status = int(answer.split(b" ", 2)[1])
-        result.answered[status] = result.answered.get(status, 0) + 1
-        result.answered_at.append(time.monotonic() - began)
+        async with connection(port) as (reader, writer):
+            writer.write(head)
+            began = time.monotonic()
+            answer = b""
+            while time.monotonic() - began < seconds:
+                try:
+                    writer.write(b"x")
+                    await writer.drain()
+                    data = await asyncio.wait_for(reader.read(65536), every)
+                except TimeoutError:
+                    continue
+                answer += data
+                if not data or b"\r\n\r\n" in answer:
+                    break
+            if not answer:
+                if time.monotonic() - began >= seconds:
+                    result.open_at_end += 1
+                else:
+                    result.failed += 1
+                return
+            status = int(answer.split(b" ", 2)[1])
+            result.answered[status] = result.answered.get(status, 0) + 1
+            result.answered_at.append(time.monotonic() - began)
     except (OSError, TimeoutError, IndexError, ValueError):
         result.failed += 1
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 2)
 
 
 def slow_bodies(
@@ -338,15 +348,7 @@ def slow_bodies(
 ) -> SlowBodyResult:
     """``connections`` requests with a valid head announcing ``length`` body bytes, each then
     sending one byte every ``every`` seconds, for at most ``seconds``."""
-    head = request(
-        f"POST {CHAT_PATH} HTTP/1.1", "Content-Type: application/json", f"Content-Length: {length}"
-    )
+    head = json_head(CHAT_PATH, length)
     result = SlowBodyResult()
-
-    async def main() -> None:
-        await asyncio.gather(
-            *(_slow_body_one(port, head, every, seconds, result) for _ in range(connections))
-        )
-
-    asyncio.run(main())
+    concurrently(_slow_body_one(port, head, every, seconds, result) for _ in range(connections))
     return result

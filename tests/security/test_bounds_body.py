@@ -16,26 +16,17 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.fakes.evil import EvilListeners
 from tests.load._support import raise_nofile, settle_fds
-from tests.security.floods import CHAT, Canary, Figures, Sampler, eventually, slow_bodies
+from tests.security.floods import Canary, Figures, Sampler, eventually, slow_bodies
 from tests.security.support import assert_healthy
-from tests.support.rawsock import exchange
+from tests.support.chat import CHAT, CHAT_PATH
+from tests.support.rawsock import exchange, json_head, json_post, request
 
 pytestmark = pytest.mark.e2e
 
 MIB = 1024  # KiB
-
-
-def _stack(**env: str) -> Iterator[Stack]:
-    s = Stack(**env)
-    s.start_proxy()
-    try:
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log), "a secret or token reached the proxy's log"
 
 
 # -- slow request bodies --------------------------------------------------------------------------
@@ -43,17 +34,14 @@ def _stack(**env: str) -> Iterator[Stack]:
 
 @pytest.fixture
 def short_body() -> Iterator[Stack]:
-    yield from _stack(FOUNDRY_PROXY_BODY_TIMEOUT="2")
+    yield from serving(Stack(FOUNDRY_PROXY_BODY_TIMEOUT="2"))
 
 
 def test_a_trickling_body_gets_408(short_body: Stack, evil: EvilListeners) -> None:
     """A body that brings less than FOUNDRY_PROXY_BODY_MIN_RATE bytes/s over a
     FOUNDRY_PROXY_BODY_TIMEOUT window ends with 408, and nothing reaches the upstream."""
     assert short_body.proxy is not None
-    head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    )
+    head = json_head(CHAT_PATH, 100)
     before = len(short_body.foundry.journal)
     began = time.monotonic()
     ex = exchange(short_body.proxy.port, [head] + [b"x"] * 30, pause=0.25, timeout=10)
@@ -71,12 +59,7 @@ def test_a_steady_slow_body_is_not_cut(short_body: Stack, evil: EvilListeners) -
     """A body arriving above the minimum rate passes, however long it takes in all."""
     assert short_body.proxy is not None
     body = json.dumps(CHAT | {"pad": "x" * 6000}).encode()
-    head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-    )
+    head = json_head(CHAT_PATH, len(body))
     # 1,200 bytes every 0.6 s: 2,000 bytes/s, for about 3 s (past one 2 s window).
     pieces = [head] + [body[i : i + 1200] for i in range(0, len(body), 1200)]
     ex = exchange(short_body.proxy.port, pieces, pause=0.6, timeout=15)
@@ -86,10 +69,12 @@ def test_a_steady_slow_body_is_not_cut(short_body: Stack, evil: EvilListeners) -
 
 @pytest.fixture
 def few_slots() -> Iterator[Stack]:
-    yield from _stack(
-        FOUNDRY_PROXY_MAX_CONCURRENCY="4",
-        FOUNDRY_PROXY_QUEUE_TIMEOUT="1",
-        FOUNDRY_PROXY_BODY_TIMEOUT="60",
+    yield from serving(
+        Stack(
+            FOUNDRY_PROXY_MAX_CONCURRENCY="4",
+            FOUNDRY_PROXY_QUEUE_TIMEOUT="1",
+            FOUNDRY_PROXY_BODY_TIMEOUT="60",
+        )
     )
 
 
@@ -116,11 +101,13 @@ def test_slow_bodies_hold_no_concurrency_slot(few_slots: Stack, evil: EvilListen
 def flood_stack() -> Iterator[Stack]:
     # A queue timeout shorter than the body deadline: a request that waited for a slot held
     # by an attacker would get 503.
-    yield from _stack(
-        FOUNDRY_PROXY_BODY_TIMEOUT="4",
-        FOUNDRY_PROXY_QUEUE_TIMEOUT="1",
-        FOUNDRY_PROXY_LOG_LEVEL="info",
-        FOUNDRY_PROXY_ACCESS_LOG="off",
+    yield from serving(
+        Stack(
+            FOUNDRY_PROXY_BODY_TIMEOUT="4",
+            FOUNDRY_PROXY_QUEUE_TIMEOUT="1",
+            FOUNDRY_PROXY_LOG_LEVEL="info",
+            FOUNDRY_PROXY_ACCESS_LOG="off",
+        )
     )
 
 
@@ -157,10 +144,12 @@ def test_slow_body_flood_of_1024_connections(flood_stack: Stack, evil: EvilListe
 
 @pytest.fixture
 def one_slot() -> Iterator[Stack]:
-    yield from _stack(
-        FOUNDRY_PROXY_MAX_CONCURRENCY="1",
-        FOUNDRY_PROXY_QUEUE_TIMEOUT="0.5",
-        FOUNDRY_PROXY_SEND_TIMEOUT="2",
+    yield from serving(
+        Stack(
+            FOUNDRY_PROXY_MAX_CONCURRENCY="1",
+            FOUNDRY_PROXY_QUEUE_TIMEOUT="0.5",
+            FOUNDRY_PROXY_SEND_TIMEOUT="2",
+        )
     )
 
 
@@ -170,17 +159,13 @@ def test_a_client_that_stops_reading_frees_its_slot(one_slot: Stack, evil: EvilL
     ends and the slot is free again."""
     assert one_slot.proxy is not None
     body = json.dumps(CHAT | {"stream": True}).encode()
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nx-fake-chunks: 400000\r\nx-fake-delay: 0\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    stream = json_post(CHAT_PATH, body, {"x-fake-chunks": "400000", "x-fake-delay": "0"})
     sock = socket.socket()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.settimeout(10)
         sock.connect(("127.0.0.1", one_slot.proxy.port))
-        sock.sendall(request)
+        sock.sendall(stream)
         assert sock.recv(256).startswith(b"HTTP/1.1 200")
         began = time.monotonic()
         status = 0
@@ -208,7 +193,7 @@ def test_a_client_that_stops_reading_frees_its_slot(one_slot: Stack, evil: EvilL
 
 @pytest.fixture
 def plain() -> Iterator[Stack]:
-    yield from _stack()
+    yield from serving(Stack())
 
 
 def test_no_header_is_invented_upstream(plain: Stack, evil: EvilListeners) -> None:
@@ -216,12 +201,9 @@ def test_no_header_is_invented_upstream(plain: Stack, evil: EvilListeners) -> No
     (aiohttp would add application/octet-stream, */* and its own User-Agent)."""
     assert plain.proxy is not None
     body = json.dumps(CHAT).encode()
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    bare = request(f"POST {CHAT_PATH} HTTP/1.1", f"Content-Length: {len(body)}", body=body)
     before = len(plain.foundry.journal)
-    ex = exchange(plain.proxy.port, request, timeout=10)
+    ex = exchange(plain.proxy.port, bare, timeout=10)
     assert ex.statuses == [200], ex.text[:500]
     (entry,) = plain.foundry.journal[before:]
     assert entry.header("content-type") == []

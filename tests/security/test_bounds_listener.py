@@ -16,33 +16,18 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.fakes.evil import EvilListeners
 from tests.load._support import raise_nofile, settle_fds
 from tests.security.floods import Canary, Figures, Sampler, crlf_trickle, eventually, pipeline_flood
 from tests.security.support import assert_clean_answer, assert_healthy
-from tests.support.rawsock import exchange, parse_responses
+from tests.support.chat import CHAT_PATH, chat_body
+from tests.support.rawsock import exchange, parse_responses, request
 
 pytestmark = pytest.mark.e2e
 
 KEY = "inbound-key-0123456789abcdef"
 MIB = 1024  # KiB
-
-
-def _stack(**env: str) -> Iterator[Stack]:
-    s = Stack(**env)
-    s.start_proxy()
-    try:
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log), "a secret or token reached the proxy's log"
-
-
-@pytest.fixture
-def quiet() -> Iterator[Stack]:
-    """A proxy without the access log and debug lines: floods would fill the captured log."""
-    yield from _stack(FOUNDRY_PROXY_LOG_LEVEL="info", FOUNDRY_PROXY_ACCESS_LOG="off")
 
 
 # -- pipelining -----------------------------------------------------------------------------------
@@ -58,10 +43,10 @@ def test_pipelined_flood_keeps_memory_bounded(quiet: Stack, evil: EvilListeners)
         httpx2.get(quiet.url + "/v1/models", timeout=5)
     figures.before()
     bound_kib = 48 * MIB
-    request = b"GET /not-a-route HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    miss = request("GET /not-a-route HTTP/1.1")
     with Canary(quiet.url) as canary, Sampler(figures):
         result = pipeline_flood(
-            quiet.proxy.port, request, seconds=8, abort=lambda: figures.sample() > 4 * bound_kib
+            quiet.proxy.port, miss, seconds=8, abort=lambda: figures.sample() > 4 * bound_kib
         )
     figures.after()
     print(f"\npipelining flood: {figures}; {canary}; {result}")
@@ -78,17 +63,13 @@ def test_pipelined_requests_are_all_answered_in_order(quiet: Stack) -> None:
     unknown length among the requests) still gets every answer, in order (RFC 9112 section
     9.3.2)."""
     assert quiet.proxy is not None
-    chat = json.dumps(
-        {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
-    ).encode()
-    post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    with_length = post + f"Content-Length: {len(chat)}\r\n\r\n".encode() + chat
-    chunked = post + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(chat):x}\r\n".encode()
+    chat = chat_body()
+    post = f"POST {CHAT_PATH} HTTP/1.1"
+    with_length = request(post, f"Content-Length: {len(chat)}", body=chat)
+    chunked = request(post, "Transfer-Encoding: chunked", body=f"{len(chat):x}\r\n".encode())
     chunked += chat + b"\r\n0\r\n\r\n"
-    miss = [
-        f"GET /not-a-route-{i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for i in range(100)
-    ]
-    last = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    miss = [request(f"GET /not-a-route-{i} HTTP/1.1") for i in range(100)]
+    last = request("GET /v1/models HTTP/1.1", "Connection: close")
     data = b"".join([*miss, with_length, *miss[:50], chunked, *miss[:50], last])
     ex = exchange(quiet.proxy.port, data, expect=203, timeout=30)
     assert ex.statuses == [404] * 100 + [200] + [404] * 50 + [200] + [404] * 50 + [200]
@@ -102,10 +83,11 @@ def test_pipelining_past_the_bound_is_answered_then_closed(
     says which setting bit. Also with the flood behind a chunked body whose end is not looked
     for (an extension on the last chunk)."""
     assert quiet.proxy is not None
-    tiny = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    chunked = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0;x=y\r\nX-T: 1\r\n\r\n"
+    tiny = request("GET /x HTTP/1.1")
+    chunked = request(
+        f"POST {CHAT_PATH} HTTP/1.1",
+        "Transfer-Encoding: chunked",
+        body=b"2\r\n{}\r\n0;x=y\r\nX-T: 1\r\n\r\n",
     )
     for lead in (b"", chunked):
         ex = exchange(quiet.proxy.port, lead + tiny * 3000, expect=3000, timeout=20)
@@ -122,7 +104,7 @@ def test_pipelining_past_the_bound_is_answered_then_closed(
 
 @pytest.fixture
 def short_head() -> Iterator[Stack]:
-    yield from _stack(FOUNDRY_PROXY_HEAD_TIMEOUT="2")
+    yield from serving(Stack(FOUNDRY_PROXY_HEAD_TIMEOUT="2"))
 
 
 def test_crlf_trickle_after_a_request_meets_the_head_deadline(
@@ -133,7 +115,7 @@ def test_crlf_trickle_after_a_request_meets_the_head_deadline(
     The head deadline now runs from the first byte received while idle."""
     assert short_head.proxy is not None
     with socket.create_connection(("127.0.0.1", short_head.proxy.port), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.sendall(request("GET /healthz HTTP/1.1"))
         first = b""
         while not parse_responses(first, closed=False):
             first += sock.recv(65536)
@@ -164,7 +146,7 @@ def test_crlf_trickle_after_a_request_meets_the_head_deadline(
 
 @pytest.fixture
 def capped() -> Iterator[Stack]:
-    yield from _stack(FOUNDRY_PROXY_MAX_CONNECTIONS="20", FOUNDRY_PROXY_HEAD_TIMEOUT="30")
+    yield from serving(Stack(FOUNDRY_PROXY_MAX_CONNECTIONS="20", FOUNDRY_PROXY_HEAD_TIMEOUT="30"))
 
 
 def test_connections_beyond_the_cap_get_503_and_close(capped: Stack, evil: EvilListeners) -> None:
@@ -178,7 +160,7 @@ def test_connections_beyond_the_cap_get_503_and_close(capped: Stack, evil: EvilL
         for _ in range(20):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         time.sleep(0.3)
-        ex = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout=5)
+        ex = exchange(port, request("GET /healthz HTTP/1.1"), timeout=5)
         assert ex.statuses == [503], ex.text[:500]
         (answer,) = ex.responses
         assert ex.closed
@@ -198,10 +180,12 @@ def test_connections_beyond_the_cap_get_503_and_close(capped: Stack, evil: EvilL
 
 @pytest.fixture
 def trickle_stack() -> Iterator[Stack]:
-    yield from _stack(
-        FOUNDRY_PROXY_HEAD_TIMEOUT="3",
-        FOUNDRY_PROXY_LOG_LEVEL="info",
-        FOUNDRY_PROXY_ACCESS_LOG="off",
+    yield from serving(
+        Stack(
+            FOUNDRY_PROXY_HEAD_TIMEOUT="3",
+            FOUNDRY_PROXY_LOG_LEVEL="info",
+            FOUNDRY_PROXY_ACCESS_LOG="off",
+        )
     )
 
 
@@ -240,19 +224,17 @@ def test_crlf_trickle_flood_of_4000_connections(trickle_stack: Stack, evil: Evil
 
 @pytest.fixture
 def keyed() -> Iterator[Stack]:
-    yield from _stack(FOUNDRY_PROXY_API_KEYS=KEY)
+    yield from serving(Stack(FOUNDRY_PROXY_API_KEYS=KEY))
 
 
 def _chunked_with_trailer(key_in_head: bool, trailer: bytes) -> tuple[bytes, bytes]:
-    head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-        + (f"api-key: {KEY}\r\n".encode() if key_in_head else b"")
-        + b"\r\n"
+    head = request(
+        f"POST {CHAT_PATH} HTTP/1.1",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+        *([f"api-key: {KEY}"] if key_in_head else []),
     )
-    body = json.dumps(
-        {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
-    ).encode()
+    body = chat_body()
     return head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n", trailer + b"\r\n"
 
 
@@ -305,7 +287,7 @@ def test_huge_trailer_section_is_refused(keyed: Stack, evil: EvilListeners) -> N
 
 @pytest.fixture
 def small_body() -> Iterator[Stack]:
-    yield from _stack(FOUNDRY_PROXY_MAX_BODY_BYTES="65536")
+    yield from serving(Stack(FOUNDRY_PROXY_MAX_BODY_BYTES="65536"))
 
 
 def _chunks(total: int, size: int = 16384) -> Iterator[bytes]:
@@ -333,10 +315,7 @@ def test_chunked_413_read_after_the_last_byte_raw(small_body: Stack, evil: EvilL
     """The same with a raw socket that writes everything, then shuts down its sending side and
     reads: the whole 413 arrives and the connection ends with a FIN, not a reset."""
     assert small_body.proxy is not None
-    head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    head = request(f"POST {CHAT_PATH} HTTP/1.1", "Transfer-Encoding: chunked")
     chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
     with socket.create_connection(("127.0.0.1", small_body.proxy.port), timeout=10) as sock:
         sock.sendall(head + chunk * 64 + b"0\r\n\r\n")

@@ -9,31 +9,15 @@ resource-bounds table.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx2
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.security.floods import CHAT, eventually
 from tests.support.rawsock import exchange, request
 
 pytestmark = pytest.mark.e2e
-
-
-def _stack(**env: str) -> Iterator[Stack]:
-    s = Stack(**env)
-    s.start_proxy()
-    try:
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log), "a secret or token reached the proxy's log"
-
-
-@pytest.fixture
-def quiet() -> Iterator[Stack]:
-    yield from _stack(FOUNDRY_PROXY_LOG_LEVEL="info", FOUNDRY_PROXY_ACCESS_LOG="off")
 
 
 def _series(text: str, name: str) -> list[str]:
@@ -72,7 +56,7 @@ def test_invented_deployment_names_do_not_grow_the_metrics(quiet: Stack) -> None
 
 
 def test_the_model_label_limit_is_a_setting() -> None:
-    for s in _stack(FOUNDRY_PROXY_ACCESS_LOG="off", FOUNDRY_PROXY_METRICS_MAX_MODELS="3"):
+    for s in serving(Stack(FOUNDRY_PROXY_ACCESS_LOG="off", FOUNDRY_PROXY_METRICS_MAX_MODELS="3")):
         with httpx2.Client(base_url=s.url, timeout=10) as client:
             for i in range(10):
                 client.post(f"/openai/deployments/dep{i}/hop-headers", json=CHAT)
@@ -115,7 +99,7 @@ def _forge(s: Stack, marker: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_five_records_stay_five_lines(fmt: str) -> None:
-    for s in _stack(FOUNDRY_PROXY_ACCESS_LOG=fmt, FOUNDRY_PROXY_LOG_LEVEL="info"):
+    for s in serving(Stack(FOUNDRY_PROXY_ACCESS_LOG=fmt, FOUNDRY_PROXY_LOG_LEVEL="info")):
         assert s.proxy is not None
         marker = f"forge-{fmt}"
         _forge(s, marker)
@@ -136,7 +120,7 @@ def test_five_records_stay_five_lines(fmt: str) -> None:
 
 
 def test_access_log_fields_have_bounded_lengths() -> None:
-    for s in _stack(FOUNDRY_PROXY_ACCESS_LOG="text", FOUNDRY_PROXY_LOG_LEVEL="info"):
+    for s in serving(Stack(FOUNDRY_PROXY_ACCESS_LOG="text", FOUNDRY_PROXY_LOG_LEVEL="info")):
         assert s.proxy is not None
         reply = httpx2.post(
             s.url + "/v1/long-id/status/400",

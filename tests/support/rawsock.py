@@ -49,6 +49,14 @@ def json_post(path: str, body: bytes, headers: Mapping[str, str] | None = None) 
     )
 
 
+def json_head(path: str, length: int) -> bytes:
+    """The head of a POST to ``path`` announcing ``length`` bytes of JSON, for a test that sends
+    the body apart (in pieces, slowly, in part or never)."""
+    return request(
+        f"POST {path} HTTP/1.1", "Content-Type: application/json", f"Content-Length: {length}"
+    )
+
+
 @dataclass
 class RawResponse:
     status: int
