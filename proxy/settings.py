@@ -22,6 +22,13 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 
 from proxy.addresses import is_loopback_host
+from proxy.backend_config import (
+    BACKENDS_FILE,
+    UPSTREAM,
+    PoolSpec,
+    pool_from_file,
+    pool_from_upstream,
+)
 from proxy.clouds import CLOUDS
 from proxy.errors import ConfigError
 from proxy.policy import DEFAULT_RULES, OPEN_RULES, Rule, parse_rules
@@ -64,6 +71,8 @@ class Settings(SettingsFields):
     """
 
     origins: frozenset[str]
+    #: The backends requests go to (backend_config.py); ``upstream`` holds the primary's origin.
+    pool: PoolSpec
     allow_rules: tuple[Rule, ...]
     deny_rules: tuple[Rule, ...]
     inbound_key_values: Annotated[tuple[str, ...], _hidden()]
@@ -168,8 +177,9 @@ def _resolve(fields: SettingsFields, problems: list[str], misspelt: list[str]) -
     found = credential_problems(fields)
     keys = _read_keys(fields, found)
     found += _bind_problems(fields, keys)
+    pool = _pool(fields, found)
     problems += found
-    if found:
+    if found or pool is None:
         return None
     cloud = CLOUDS[fields.cloud]
     base = OPEN_RULES if fields.policy == "open" else DEFAULT_RULES
@@ -181,7 +191,9 @@ def _resolve(fields: SettingsFields, problems: list[str], misspelt: list[str]) -
             "scope": fields.scope or cloud.scope,
             "projects_scope": fields.projects_scope or cloud.projects_scope,
             "credential": resolved_kind(fields),
+            "upstream": pool.backends[0].origin,
         },
+        pool=pool,
         origins=frozenset(
             o.strip().rstrip("/") for o in fields.allowed_origins.split(",") if o.strip()
         ),
@@ -192,6 +204,27 @@ def _resolve(fields: SettingsFields, problems: list[str], misspelt: list[str]) -
         notices=(*probable_mistakes(fields), *misspelt),
         misspelt_names=tuple(misspelt),
     )
+
+
+def _pool(fields: SettingsFields, problems: list[str]) -> PoolSpec | None:
+    """The backends: FOUNDRY_PROXY_UPSTREAM's origins, or the backends file's (one of the two)."""
+    if fields.backends_file is None:
+        return pool_from_upstream(fields.upstream) if fields.upstream else None
+    if fields.upstream:
+        problems.append(
+            f"{UPSTREAM}: set either it or {BACKENDS_FILE}, not both (the backends file names "
+            "every origin)"
+        )
+        return None
+    pool, found = pool_from_file(fields.backends_file)
+    problems += found
+    return pool
+
+
+def _no_upstream(raw: dict[str, str | None]) -> list[str]:
+    if (raw.get(UPSTREAM) or "").strip() or (raw.get(BACKENDS_FILE) or "").strip():
+        return []
+    return [f"{UPSTREAM}: is required (or {BACKENDS_FILE} for several resources)"]
 
 
 def _describe(error: Any, names: dict[str, str]) -> str:
@@ -235,6 +268,7 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     raw = _raw_values(file_values, overrides, names)
     placeholders = placeholder_problems(raw)
     misspelt = environment_warnings(os.environ, read)
+    problems += _no_upstream(raw)
     settings = None
     try:
         fields = SettingsSource(_env_file=env_file, **overrides)

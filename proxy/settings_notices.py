@@ -48,19 +48,22 @@ def probable_mistakes(fields: SettingsFields) -> list[str]:
                 f"{', '.join(ignored)} set but not used: FOUNDRY_PROXY_CREDENTIAL is "
                 f"{fields.credential}"
             )
-    host = (urlsplit(fields.upstream).hostname or "").lower()
-    cloud = cloud_of_host(host)
-    if cloud is not None and cloud != fields.cloud:
-        out.append(
-            f"FOUNDRY_PROXY_UPSTREAM is a {cloud} cloud host but FOUNDRY_PROXY_CLOUD is "
-            f"{fields.cloud}: set FOUNDRY_PROXY_CLOUD={cloud} so the login host and scope match"
-        )
-    elif cloud is None and not is_loopback_host(host):
-        out.append(
-            f"FOUNDRY_PROXY_UPSTREAM {host} is not a usual Azure OpenAI / Foundry host of the "
-            f"{fields.cloud} cloud: fine for a private endpoint or custom domain, otherwise "
-            "check it"
-        )
+    # Each origin of the list; a backends file's are its own (docs/backends.md).
+    for upstream in filter(None, fields.upstream.split(",")):
+        host = (urlsplit(upstream).hostname or "").lower()
+        cloud = cloud_of_host(host)
+        if cloud is not None and cloud != fields.cloud:
+            out.append(
+                f"FOUNDRY_PROXY_UPSTREAM is a {cloud} cloud host but FOUNDRY_PROXY_CLOUD is "
+                f"{fields.cloud}: set FOUNDRY_PROXY_CLOUD={cloud} so the login host and scope "
+                "match"
+            )
+        elif cloud is None and not is_loopback_host(host):
+            out.append(
+                f"FOUNDRY_PROXY_UPSTREAM {host} is not a usual Azure OpenAI / Foundry host of "
+                f"the {fields.cloud} cloud: fine for a private endpoint or custom domain, "
+                "otherwise check it"
+            )
     return out + _exposed_secret_files(fields)
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from proxy.backend_config import upstream_origins
 from proxy.clouds import CloudName
 from proxy.policy import parse_rules
 from proxy.settings_values import guid, local_endpoint, origin, resource_id, scope, tenant
@@ -48,7 +49,10 @@ class SettingsFields(BaseModel):
         validate_default=True,
     )
 
-    upstream: Annotated[str, _env("FOUNDRY_PROXY_UPSTREAM")]
+    # One origin, or several comma-separated in priority order; required unless the backends
+    # file describes the pool (docs/backends.md).
+    upstream: Annotated[str, _env("FOUNDRY_PROXY_UPSTREAM")] = ""
+    backends_file: Annotated[Path | None, _env("FOUNDRY_PROXY_BACKENDS_FILE")] = None
     credential: Annotated[CredentialChoice, _env("FOUNDRY_PROXY_CREDENTIAL")] = "auto"
     cloud: Annotated[CloudName, _env("FOUNDRY_PROXY_CLOUD")] = "public"
     # Needed by the App Registration kinds (secret, certificate, workload identity); for a
@@ -185,7 +189,8 @@ class SettingsFields(BaseModel):
     @field_validator("upstream")
     @classmethod
     def _check_upstream(cls, v: str) -> str:
-        return origin(v, "myresource.openai.azure.com", allow_path=False)
+        # Each origin by the one rule a single upstream has (settings_values.origin).
+        return ",".join(upstream_origins(v)) if v.strip() else ""
 
     @field_validator("authority_host")
     @classmethod
@@ -247,6 +252,7 @@ class SettingsFields(BaseModel):
         "client_certificate_path",
         "token_ca_bundle",
         "api_keys_file",
+        "backends_file",
     )
     @classmethod
     def _check_file(cls, v: Path | None) -> Path | None:
