@@ -126,6 +126,9 @@ class AccessLog:
             request_id = _cut(x.client_request_id, MAX_FIELD)
             apim_id = _cut(x.apim_request_id, MAX_FIELD)
             usage = f',"tokens":{x.usage.total}' if x.usage is not None else ""
+            # The backend's configured short name (docs/backends.md), never its origin.
+            if x.backend:
+                usage += f',"backend":{q(x.backend)}'
             error = f',"error":{q(_cut(x.upstream_error, MAX_FIELD))}' if x.upstream_error else ""
             if x.close_code is not None:
                 error += (
@@ -144,6 +147,8 @@ class AccessLog:
             )
         else:
             model = f" model={_text(x.model, MAX_FIELD)}" if x.model else ""
+            if x.backend:
+                model += f" backend={_text(x.backend, MAX_FIELD)}"
             self._lines.put(
                 f"{x.method} {_text(x.path, MAX_PATH)} {x.status} {duration}ms ttfb={ttfb}ms "
                 f"in={x.bytes_in} out={x.bytes_out}{model} "

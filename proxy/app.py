@@ -7,6 +7,7 @@ keeps running during a graceful shutdown.
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,13 +21,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.access import AccessLog
 from proxy.admission import Gate
+from proxy.backends import Pool
 from proxy.budget import BUDGET_KEY, BodyBudget, BudgetCollector
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.credentials.factory import TokenClients
 from proxy.forwarding import Forwarder
 from proxy.logs import configure_logging
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from proxy.metrics import Metrics
+from proxy.metrics import BackendCollector, Metrics
 from proxy.policy import Policy
 from proxy.realtime import RealtimeRelay
 from proxy.settings import Settings
@@ -77,13 +79,20 @@ def create_app(
     # One gate and one upstream pool for HTTP requests and Realtime sessions alike.
     gate = Gate(settings, Policy(*settings.rules()))
     upstream = UpstreamSession(settings, tls)
-    forwarder = Forwarder(settings, gate, upstream, tokens, metrics, access)
-    realtime = RealtimeRelay(settings, gate, upstream, tokens, metrics, access)
+    # The backends requests go to, with their cooldowns and circuits (docs/backends.md).
+    pool = Pool(settings.pool)
+    forwarder = Forwarder(settings, gate, upstream, tokens, metrics, access, pool)
+    realtime = RealtimeRelay(settings, gate, upstream, tokens, metrics, access, pool)
     # Counted by the listener, which finds it in the lifespan state (budget.py).
     body_budget = BodyBudget(settings.max_buffered_body_bytes)
     if metrics is not None:
         metrics.in_flight.set_function(lambda: forwarder.in_flight)
         metrics.registry.register(BudgetCollector(body_budget))
+        metrics.registry.register(
+            BackendCollector(
+                lambda: [(b.name, b.requests, b.failovers, b.health.label()) for b in pool.backends]
+            )
+        )
 
     async def healthz(request: Request) -> JSONResponse:
         # Liveness never depends on Entra: restarting would throw away a still-valid token.
@@ -96,8 +105,22 @@ def create_app(
 
     async def readyz(request: Request) -> JSONResponse:
         status = tokens.status()
+        # Ready while one backend can take a request; the others' states are shown.
+        resting = {b.name: b.health.label() for b in pool.backends if not b.health.available()}
         if status.valid and status.expires_in is not None:
-            return JSONResponse({"status": "ready", "token_expires_in": int(status.expires_in)})
+            if not pool.can_serve():
+                wait = max(1, math.ceil(pool.soonest()))
+                reason = f"every backend is cooling down or failing; the first is back in {wait} s"
+                return JSONResponse(
+                    {"status": "not_ready", "reason": reason, "backends": resting}, 503
+                )
+            ready: dict[str, object] = {
+                "status": "ready",
+                "token_expires_in": int(status.expires_in),
+            }
+            if resting:
+                ready["backends"] = resting
+            return JSONResponse(ready)
         body: dict[str, object] = {"status": "not_ready", "reason": "no valid Entra ID token yet"}
         if status.error is not None:
             body["reason"] = f"{status.error.code}: {status.error.message}"

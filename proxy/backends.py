@@ -108,9 +108,9 @@ class Pool:
         half-open circuit's probe goes to one request only). The caller reports each one's
         outcome on its ``health`` (succeeded, throttled, failed or abandoned)."""
         if self.single:
-            only = self.backends[0]
-            if only.health.take():
-                yield only
+            # One backend is today's single upstream: there is nowhere else to go, so nothing
+            # is held back (its state is still tracked, for /metrics).
+            yield self.backends[0]
             return
         for group in self._groups:
             for backend in self._shuffled(group) if len(group) > 1 else group:
@@ -129,8 +129,8 @@ class Pool:
         return [group[index] for _, index in keyed]
 
     def can_serve(self) -> bool:
-        """Whether some backend would take a request now."""
-        return any(b.health.available() for b in self.backends)
+        """Whether some backend would take a request now (one backend always does)."""
+        return self.single or any(b.health.available() for b in self.backends)
 
     def soonest(self) -> float:
         """Seconds until the first backend can take a request again."""

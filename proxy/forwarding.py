@@ -4,7 +4,9 @@ This is the hot path. It reads ``receive`` and writes ``send`` itself (no Starle
 StreamingResponse: they measured ~165 us per request here). Admission is the gate's
 (admission.py); the forwarder reads the body, takes a slot, attaches the token and makes the
 exchange, replaying it once after a token refresh (docs/architecture.md, "A request, step by
-step").
+step"). With several backends (backends.py) the exchange fails over to the next one on a
+429, a 5xx, a connect error or a timeout, while no byte of the answer has reached the client
+and the body can be sent again (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from yarl import URL
 
 from proxy.access import AccessLog
 from proxy.admission import Admission, Gate
+from proxy.backend_health import retry_after
+from proxy.backends import Backend, Pool, all_cooling_down
 from proxy.budget import HELD_KEY
 from proxy.credentials.provider import TokenProvider
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
@@ -28,6 +32,7 @@ from proxy.errors import CredentialError
 from proxy.metrics import Exchange, Metrics
 from proxy.replies import ErrorReply, send_error, token_unavailable, too_large, upstream_failure
 from proxy.response_relay import answer, token_rejected, unsent
+from proxy.rewrite import BadTarget
 from proxy.settings import Settings
 from proxy.upstream_session import UpstreamSession
 from proxy.usage_tap import UsageTap
@@ -41,12 +46,13 @@ class _Request:
 
     tap: UsageTap  # its ``send``, with the Exchange being recorded
     anthropic: bool  # the proxy's own errors in Anthropic's shape
-    origin: str
     method: str
-    url: URL
+    path_qs: str  # appended to the chosen backend's origin (after its deployment mapping)
+    path: str  # without the query: what a body's model mapping looks at
     headers: list[tuple[str, str]]
     body: Body
     token_scope: str
+    origin: str = ""  # the backend being tried
 
     async def fail(self, reply: ErrorReply) -> None:
         if reply.upstream:
@@ -65,10 +71,12 @@ class Forwarder:
         tokens: TokenProvider,
         metrics: Metrics | None,
         access: AccessLog,
+        pool: Pool,
     ) -> None:
         self._settings = settings
         self._gate = gate
         self._upstream = upstream
+        self._pool = pool
         self._tokens = tokens
         self._metrics = metrics
         self._access = access
@@ -114,14 +122,12 @@ class Forwarder:
         # Counted against the body budget by the listener as it arrives (budget.py).
         held = scope.get(HELD_KEY)
         body = Body(length, limit, held)
-        # The one place an upstream origin is chosen for a request.
-        origin = self._settings.upstream
         request = _Request(
             tap,
             admitted.anthropic,
-            origin,
             scope["method"],
-            URL(origin + admitted.target.path_qs, encoded=True),
+            admitted.target.path_qs,
+            admitted.target.path,
             admitted.inbound.headers,
             body,
             admitted.token_scope,
@@ -140,17 +146,7 @@ class Forwarder:
                 await request.fail(refused)
                 return
             slot = True
-            token = self._tokens.token_now(request.token_scope)
-            if token is None:
-                try:
-                    token = await self._tokens.token(request.token_scope)
-                except CredentialError as err:
-                    retry_in = self._tokens.retry_in(request.token_scope)
-                    await request.fail(token_unavailable(err, retry_in))
-                    return
-            if watch.gone:
-                return
-            await self._exchange(request, token, receive, watch)
+            await self._failover(request, receive, watch)
         except ClientGone:
             log.debug("client disconnected during the request body")
         except TooLarge:
@@ -168,79 +164,149 @@ class Forwarder:
                 self._gate.release_slot()
             tap.x.bytes_in = body.size  # Body counts what it read; no wrapper around receive
 
-    async def _exchange(
-        self, request: _Request, token: str, receive: Receive, watch: Watch
-    ) -> None:
-        """Send the request; a 401 that says the token was refused, for a body that was kept,
-        gets one forced refresh and one replay; every other answer goes to the client."""
+    async def _failover(self, request: _Request, receive: Receive, watch: Watch) -> None:
+        """Try the pool's backends in order (backends.py): the first answer that is not a 429
+        or a 5xx goes to the client; on such an answer, a connect error or a timeout, the
+        backend cools down and, while the body can be sent again, the next one is tried. The
+        last one's answer goes to the client as it is (docs/backends.md)."""
+        pool = self._pool
+        attempts = pool.attempts()
+        backend = next(attempts, None)
+        if backend is None:
+            await request.fail(all_cooling_down(pool.soonest()))
+            return
+        x = request.tap.x
+        while True:
+            x.backend = backend.name
+            backend.requests += 1
+            try:
+                got = await self._attempt(request, backend, receive, watch)
+            except BaseException:
+                backend.health.abandoned()
+                raise
+            if got is None:  # answered already (no token, a mapping the path refused)
+                backend.health.abandoned()
+                return
+            health = backend.health
+            if isinstance(got, BaseException):
+                health.failed(None)
+            elif got[0].status == 429:
+                health.throttled(retry_after(got[0].headers, time.time()))
+            elif got[0].status >= 500:
+                health.failed(retry_after(got[0].headers, time.time()))
+            else:
+                health.succeeded()
+                await answer(request.tap.send, *got)
+                return
+            following = next(attempts, None) if request.body.data is not None else None
+            if following is None:
+                if isinstance(got, BaseException):
+                    await request.fail(upstream_failure(got, request.origin))
+                else:
+                    await answer(request.tap.send, *got)
+                return
+            if not isinstance(got, BaseException):
+                got[0].close()
+            backend.failovers += 1
+            log.info(
+                "backend %s could not serve the request (%s); trying %s",
+                backend.name,
+                type(got).__name__ if isinstance(got, BaseException) else got[0].status,
+                following.name,
+            )
+            backend = following
+
+    async def _attempt(
+        self, request: _Request, backend: Backend, receive: Receive, watch: Watch
+    ) -> tuple[aiohttp.ClientResponse, bytes | None] | aiohttp.ClientError | TimeoutError | None:
+        """One backend's answer (its response, and its body when read), or the error that
+        kept it from answering; None once the client was answered here. A 401 that says the
+        token was refused, for a body that was kept, gets one forced refresh and one replay on
+        the same backend."""
+        token_scope = request.token_scope
+        if backend.spec.scope is not None and token_scope == self._settings.scope:
+            token_scope = backend.spec.scope
+        token = self._tokens.token_now(token_scope)
+        if token is None:
+            try:
+                token = await self._tokens.token(token_scope)
+            except CredentialError as err:
+                await request.fail(token_unavailable(err, self._tokens.retry_in(token_scope)))
+                return None
+        if watch.gone:
+            return None
+        try:
+            path_qs = backend.path_for(request.path_qs)
+        except BadTarget as exc:
+            await request.fail(ErrorReply(400, "invalid_request", exc.message))
+            return None
+        # The one place an upstream origin is chosen: a configured backend's (settings).
+        request.origin = backend.origin
+        url = URL(backend.origin + path_qs, encoded=True)
         body = request.body
         headers = request.headers
         data: bytes | AsyncIterator[bytes] | None
         if body.data is not None:
-            data = body.data if body.data or body.length is not None else None
+            data = backend.body_for(request.path, body.data)
+            if not data and body.length is None:
+                data = None
         else:
             data = body.stream(receive, watch)
             if body.length is not None:
                 headers = [*headers, ("Content-Length", str(body.length))]
-        response = await self._send(request, headers, data, token)
-        if response is None:
-            return
-        fresh: str | None = None
-        read: bytes | None = None
         try:
-            if response.status == 401:
-                fresh, read = await self._after_401(request, token, response)
+            response = await self._send(request, url, headers, data, token)
+            if response.status != 401:
+                return response, None
+            try:
+                fresh, read = await self._after_401(request, token_scope, token, response)
+            except BaseException:
+                response.close()
+                raise
+            if fresh is None:
+                return response, read
+            response.close()
+            log.info("upstream refused the token; replaying with a fresh one")
+            return await self._send(request, url, headers, data, fresh), None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            response.close()
-            await request.fail(upstream_failure(exc, request.origin))
-            return
-        except BaseException:
-            response.close()
-            raise
-        if fresh is None:
-            await answer(request.tap.send, response, read)
-            return
-        response.close()
-        log.info("upstream refused the token; replaying with a fresh one")
-        replayed = await self._send(request, headers, data, fresh)
-        if replayed is not None:
-            await answer(request.tap.send, replayed, None)
+            return exc
 
     async def _send(
         self,
         request: _Request,
+        url: URL,
         headers: list[tuple[str, str]],
         data: bytes | AsyncIterator[bytes] | None,
         token: str,
-    ) -> aiohttp.ClientResponse | None:
-        """The upstream's response, or None once a failure to get one was answered."""
+    ) -> aiohttp.ClientResponse:
+        """The upstream's response; its failure to give one is raised as aiohttp's error, or
+        as ClientGone / TooLarge when the client's body was the cause."""
         try:
             return await self._upstream.session.request(
                 request.method,
-                request.url,
+                url,
                 headers=[*headers, ("Authorization", "Bearer " + token)],
                 data=data,
                 allow_redirects=False,
                 skip_auto_headers=unsent(headers),
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError):
             if request.body.gone:
                 raise ClientGone from None
             if request.body.too_large:
                 raise TooLarge from None
-            await request.fail(upstream_failure(exc, request.origin))
-            return None
+            raise
 
     async def _after_401(
-        self, request: _Request, token: str, response: aiohttp.ClientResponse
+        self, request: _Request, token_scope: str, token: str, response: aiohttp.ClientResponse
     ) -> tuple[str | None, bytes | None]:
         """A fresh token to replay with, when the 401 says the token was refused and the body
         was kept; else None and the 401's body if it was read (it goes to the client)."""
         retry, read = await token_rejected(response)
         if retry and request.body.data is not None:
-            fresh = await self._tokens.refreshed(request.token_scope, token)
+            fresh = await self._tokens.refreshed(token_scope, token)
             if fresh is not None:
                 return fresh, None
         elif retry:
-            self._tokens.invalidate(request.token_scope, token)
+            self._tokens.invalidate(token_scope, token)
         return None, read

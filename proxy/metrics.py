@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from proxy.credentials.provider import TokenStatus
@@ -53,6 +58,7 @@ class Exchange:
     client_request_id: str = ""
     apim_request_id: str = ""
     upstream_error: str = ""  # the proxy's error code when the upstream failed
+    backend: str = ""  # the short name of the backend that answered (the last one tried)
     close_code: int | None = None  # a WebSocket session's close code
     frames_in: int = 0  # WebSocket messages from the client
     frames_out: int = 0  # WebSocket messages to the client
@@ -103,6 +109,42 @@ class TokenCollector(Collector):
         failing.add_metric([], 1.0 if last_error else 0.0)
         error.add_metric([], {"code": last_error, "credential": self._kind})
         yield from (expires, since, failing, error)
+
+
+#: A backend's state as /metrics shows it (backend_health.Health.label).
+BACKEND_STATES = ("closed", "cooling_down", "open", "half_open")
+
+
+class BackendCollector(Collector):
+    """Requests, failovers and state per backend (docs/backends.md), read at scrape time from
+    the pool's counters. ``backends`` yields (name, requests, failovers, state); the names are
+    the configured ones, so the labels are bounded by the settings."""
+
+    def __init__(self, backends: Callable[[], Iterable[tuple[str, int, int, str]]]) -> None:
+        self._backends = backends
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "foundry_proxy_backend_requests",
+            "Requests sent to each backend (each attempt of a failover counted)",
+            labels=["backend"],
+        )
+        failovers = CounterMetricFamily(
+            "foundry_proxy_backend_failovers",
+            "Requests that left a backend for another after its 429, 5xx or failure",
+            labels=["backend"],
+        )
+        state = GaugeMetricFamily(
+            "foundry_proxy_backend_state",
+            "1 for each backend's state: closed, cooling_down, open or half_open",
+            labels=["backend", "state"],
+        )
+        for name, sent, moved, now in self._backends():
+            requests.add_metric([name], sent)
+            failovers.add_metric([name], moved)
+            for label in BACKEND_STATES:
+                state.add_metric([name, label], 1.0 if label == now else 0.0)
+        yield from (requests, failovers, state)
 
 
 class Metrics:

@@ -7,12 +7,16 @@ an HTTP request would get. The upstream handshake is made by aiohttp, on the sha
 pool, with the provider's bearer token and none of the client's credentials (docs/azure.md,
 section 6, Realtime); it never follows a redirect (docs/security.md): a 3xx is a 502. Frames
 then pass both ways (realtime_frames.py). The token is checked only at the handshake, so a
-session outlives it; new sessions take the current one.
+session outlives it; new sessions take the current one. With several backends the session
+chooses one at the handshake and fails over (on a 429, a 5xx, a connect error or a timeout)
+only while the handshake has not completed; an open session stays where it is
+(docs/backends.md).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
@@ -20,11 +24,14 @@ from yarl import URL
 
 from proxy.access import AccessLog
 from proxy.admission import Admission, Gate
+from proxy.backend_health import retry_after
+from proxy.backends import Backend, Pool, all_cooling_down
 from proxy.credentials.provider import TokenProvider
 from proxy.errors import CredentialError
 from proxy.metrics import Exchange, Metrics
 from proxy.realtime_frames import pump
 from proxy.replies import ErrorReply, token_unavailable
+from proxy.rewrite import BadTarget
 from proxy.settings import Settings
 from proxy.upstream_session import UpstreamSession
 
@@ -42,8 +49,10 @@ class RealtimeRelay:
         tokens: TokenProvider,
         metrics: Metrics | None,
         access: AccessLog,
+        pool: Pool,
     ) -> None:
         self._settings = settings
+        self._pool = pool
         self._gate = gate
         self._upstream = upstream
         self._tokens = tokens
@@ -86,18 +95,6 @@ class RealtimeRelay:
     async def _upstream_session(
         self, scope: Scope, receive: Receive, send: Send, x: Exchange, admitted: Admission
     ) -> None:
-        token_scope = admitted.token_scope
-        try:
-            token = await self._tokens.token(token_scope)
-        except CredentialError as err:
-            reply = token_unavailable(err, self._tokens.retry_in(token_scope))
-            await _deny(scope, send, x, reply, admitted.anthropic)
-            return
-        inbound = admitted.inbound
-        headers = {name: value for name, value in inbound.headers if name.lower() in _RELAYED}
-        headers["Authorization"] = f"Bearer {token}"
-        # The one place an upstream origin is chosen for a session.
-        url = URL(self._settings.upstream + admitted.target.path_qs, encoded=True)
         protocols = [
             p.strip()
             for name, value in scope["headers"]
@@ -106,8 +103,68 @@ class RealtimeRelay:
             # OpenAI's browser convention carries the key in a subprotocol: never passed on.
             if p.strip() and not p.strip().lower().startswith("openai-insecure-api-key")
         ]
+        attempts = self._pool.attempts()
+        backend = next(attempts, None)
+        if backend is None:
+            reply = all_cooling_down(self._pool.soonest())
+            await _deny(scope, send, x, reply, admitted.anthropic)
+            return
+        while True:
+            x.backend = backend.name
+            backend.requests += 1
+            try:
+                outcome = await self._handshake(backend, admitted, protocols)
+            except BaseException:
+                backend.health.abandoned()
+                raise
+            if isinstance(outcome, aiohttp.ClientWebSocketResponse):
+                backend.health.succeeded()
+                break
+            reply, retriable = outcome
+            following = next(attempts, None) if retriable else None
+            if following is None:
+                if reply.upstream:
+                    x.upstream_error = reply.code
+                await _deny(scope, send, x, reply, admitted.anthropic)
+                return
+            backend.failovers += 1
+            backend = following
+        upstream = outcome
+        x.status = 101
+        x.first_byte = time.perf_counter()
         try:
-            upstream = await self._upstream.handshakes().ws_connect(
+            await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+            await pump(receive, send, upstream, x, self._settings.send_timeout)
+        finally:
+            if not upstream.closed:
+                await upstream.close()
+
+    async def _handshake(
+        self, backend: Backend, admitted: Admission, protocols: Sequence[str]
+    ) -> aiohttp.ClientWebSocketResponse | tuple[ErrorReply, bool]:
+        """The upstream session on ``backend``, or the refusal to answer with and whether
+        another backend may be tried (a 429, a 5xx, no connection). The backend's health is
+        told what it did, except on success (the caller's)."""
+        token_scope = admitted.token_scope
+        if backend.spec.scope is not None and token_scope == self._settings.scope:
+            token_scope = backend.spec.scope
+        try:
+            token = await self._tokens.token(token_scope)
+        except CredentialError as err:
+            backend.health.abandoned()
+            return token_unavailable(err, self._tokens.retry_in(token_scope)), False
+        try:
+            path_qs = backend.path_for(admitted.target.path_qs)
+        except BadTarget as exc:
+            backend.health.abandoned()
+            return ErrorReply(400, "invalid_request", exc.message), False
+        inbound = admitted.inbound
+        headers = {name: value for name, value in inbound.headers if name.lower() in _RELAYED}
+        headers["Authorization"] = f"Bearer {token}"
+        # The one place an upstream origin is chosen for a session: a configured backend's.
+        url = URL(backend.origin + path_qs, encoded=True)
+        try:
+            return await self._upstream.handshakes().ws_connect(
                 url,
                 headers=headers,
                 protocols=protocols,
@@ -121,31 +178,21 @@ class RealtimeRelay:
             # The upstream's refusal, relayed: 401 (token), 403, 404 (deployment), 429. A 5xx,
             # a redirect (never followed) or anything odd is the upstream failing: 502, as for
             # HTTP requests.
+            wait = retry_after(exc.headers, time.time()) if exc.headers else None
+            if exc.status == 429:
+                backend.health.throttled(wait)
+            elif exc.status >= 500:
+                backend.health.failed(wait)
+            else:
+                backend.health.succeeded()
             status = exc.status if 400 <= exc.status < 500 else 502
             message = f"the upstream refused the Realtime session (HTTP {exc.status})"
-            await _deny(
-                scope, send, x, ErrorReply(status, "upstream_refused", message), admitted.anthropic
-            )
-            return
+            retriable = exc.status == 429 or exc.status >= 500
+            return ErrorReply(status, "upstream_refused", message), retriable
         except (aiohttp.ClientError, TimeoutError) as exc:
-            x.upstream_error = "upstream_unreachable"
+            backend.health.failed(None)
             message = f"could not open the Realtime session upstream ({type(exc).__name__})"
-            await _deny(
-                scope,
-                send,
-                x,
-                ErrorReply(502, "upstream_unreachable", message),
-                admitted.anthropic,
-            )
-            return
-        x.status = 101
-        x.first_byte = time.perf_counter()
-        try:
-            await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-            await pump(receive, send, upstream, x, self._settings.send_timeout)
-        finally:
-            if not upstream.closed:
-                await upstream.close()
+            return ErrorReply(502, "upstream_unreachable", message, upstream=True), True
 
 
 async def _deny(scope: Scope, send: Send, x: Exchange, reply: ErrorReply, anthropic: bool) -> None:

@@ -104,9 +104,19 @@ def test_backoff_without_retry_after_doubles_and_is_capped() -> None:
 
 
 def test_a_huge_retry_after_is_capped() -> None:
-    p, _ = pool(A)
+    p, _ = pool(A, B)
     p.backends[0].health.throttled(86_400)
-    assert p.soonest() == MAX_COOLDOWN
+    assert p.backends[0].health.ready_in() == MAX_COOLDOWN
+
+
+def test_one_backend_is_never_held_back() -> None:
+    """A pool of one is the single upstream: its 429s and failures pass through to the client
+    as before, rather than turning into the proxy's own 429."""
+    p, _ = pool(A, failures=1)
+    p.backends[0].health.failed(30)
+    assert p.backends[0].health.label() == "open"
+    assert names(p) == ["a"]
+    assert p.can_serve()
 
 
 def test_circuit_opens_after_consecutive_failures_then_one_probe_decides() -> None:
@@ -133,7 +143,8 @@ def test_circuit_opens_after_consecutive_failures_then_one_probe_decides() -> No
 
 
 def test_a_probe_abandoned_without_a_verdict_is_freed() -> None:
-    p, clock = pool(A, failures=1, seconds=5)
+    p, clock = pool(A, B, failures=1, seconds=5)
+    p.backends[1].health.throttled(100)
     a = p.backends[0].health
     a.failed(0)
     clock.now += 5
