@@ -380,9 +380,13 @@ http {{
         if post:
             args += ["-s", str(script)]
         before = cpu_ticks(variant.pids)
-        out = subprocess.run(
-            pinned(1) + args + [variant.base + path], capture_output=True, text=True, check=True
-        ).stdout
+        done = subprocess.run(
+            pinned(1) + args + [variant.base + path], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            said = (done.stderr + done.stdout).strip()[-400:]
+            raise RuntimeError(f"wrk against {variant.name} exited {done.returncode}: {said}")
+        out = done.stdout
         used = cpu_ticks(variant.pids) - before
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -620,7 +624,12 @@ http {{
                     )
                     raw[name][variant.name].append(test(variant))
                     time.sleep(0.5)
-        scaling = self.workers_scaling(variants[2]) if mode.workers else None
+        scaling = None
+        if mode.workers:
+            try:
+                scaling = self.workers_scaling(variants[2])
+            except RuntimeError as exc:  # reported, and the rest of the run goes on
+                self.skipped["--workers 2"] = str(exc)
         observability = self.observability_cost() if mode.workers else None
         litellm = self.litellm(variants[2]) if mode.peers else None
         flame = self.flame(variants[2], self.out) if mode.profile else None
