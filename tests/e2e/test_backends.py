@@ -1,0 +1,310 @@
+"""Several fake Foundry resources behind one proxy: failover, cooldowns, weights, deployment
+names, the circuit breaker and where the token goes (docs/backends.md).
+
+The proxy runs as a process against two or three FakeResources on loopback, driven by the real
+openai SDK (with its own retries off, so every retry seen is the proxy's) and httpx2.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from tests.e2e.stack import Stack, openai_client
+from tests.fakes.resources import FakeResource, RefusingOrigin
+from tests.support.chat import CHAT, CHAT_PATH
+from tests.support.readiness import wait_until
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@contextmanager
+def pool(
+    names: tuple[str, ...], toml: str | None = None, tmp: Path | None = None, **env: str
+) -> Iterator[tuple[Stack, list[FakeResource]]]:
+    """A proxy in front of fake resources named ``names``, in priority order by
+    FOUNDRY_PROXY_UPSTREAM, or by the backends file ``toml`` ({name} replaced by its URL)."""
+    stack = Stack(**env)
+    resources: list[FakeResource] = []
+    try:
+        resources = [FakeResource(stack.issuer, n).start() for n in names]
+        if toml is None:
+            stack.env["FOUNDRY_PROXY_UPSTREAM"] = ",".join(r.url for r in resources)
+        else:
+            assert tmp is not None
+            path = tmp / "backends.toml"
+            path.write_text(toml.format(**{r.name: r.url for r in resources}))
+            del stack.env["FOUNDRY_PROXY_UPSTREAM"]
+            stack.env["FOUNDRY_PROXY_BACKENDS_FILE"] = str(path)
+        stack.start_proxy()
+        yield stack, resources
+    finally:
+        log = stack.close()
+        for r in resources:
+            r.stop()
+        assert not stack.leaks(log), "a secret or token reached the proxy's log"
+
+
+def chat(client: openai.OpenAI, **extra: object) -> tuple[str, openai.types.chat.ChatCompletion]:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, **extra
+    )  # type: ignore[call-overload]
+    return raw.headers["x-fake-resource"], raw.parse()
+
+
+def access_lines(stack: Stack) -> list[dict[str, object]]:
+    assert stack.proxy is not None
+    return [
+        json.loads(line)
+        for line in stack.proxy.lines
+        if line.startswith('{"time"') and '"route"' in line
+    ]
+
+
+def metric(stack: Stack, name: str) -> dict[str, float]:
+    text = httpx2.get(stack.url + "/metrics").text
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith(name)
+    }
+
+
+def test_primary_429_goes_to_the_secondary_until_its_cooldown_ends() -> None:
+    with pool(("primary", "secondary")) as (stack, (primary, secondary)):
+        client = openai_client(stack.url)
+        primary.throttle("30")
+        answered = [chat(client)[0] for _ in range(5)]
+        assert answered == ["secondary"] * 5
+        # One request met the 429; the next four never went to the primary.
+        assert len(primary.entries("/chat/completions")) == 1
+        first = primary.entries("/chat/completions")[0]
+        moved = secondary.entries("/chat/completions")[0]
+        assert first.first_byte is not None
+        assert moved.ended is not None
+        print(f"failover latency: {(moved.ended - first.first_byte) * 1000:.1f} ms")
+        assert access_lines(stack)[-1]["backend"] == "backend2"
+        failovers = metric(stack, "foundry_proxy_backend_failovers_total")
+        assert failovers['foundry_proxy_backend_failovers_total{backend="backend1"}'] == 1
+        states = metric(stack, "foundry_proxy_backend_state")
+        assert states['foundry_proxy_backend_state{backend="backend1",state="cooling_down"}'] == 1
+        # Ready while the secondary can serve.
+        assert httpx2.get(stack.url + "/readyz").status_code == 200
+
+
+def test_cooldown_from_retry_after_ms_ends_and_the_primary_is_used_again() -> None:
+    with pool(("primary", "secondary")) as (stack, (primary, _)):
+        client = openai_client(stack.url)
+        primary.throttle("1500", header=b"retry-after-ms")
+        assert chat(client)[0] == "secondary"
+        primary.status = None
+        assert chat(client)[0] == "secondary"
+        time.sleep(2.0)  # the 1.5 s asked for, with a margin
+        assert chat(client)[0] == "primary"
+        assert len(primary.entries("/chat/completions")) == 2
+
+
+def test_refused_connections_fail_over_within_the_connect_timeout() -> None:
+    refusing = RefusingOrigin()
+    stack = Stack(FOUNDRY_PROXY_CONNECT_TIMEOUT="5")
+    secondary = FakeResource(stack.issuer, "secondary").start()
+    try:
+        stack.env["FOUNDRY_PROXY_UPSTREAM"] = f"{refusing.url},{secondary.url}"
+        stack.start_proxy()
+        client = openai_client(stack.url)
+        started = time.monotonic()
+        assert chat(client)[0] == "secondary"
+        assert time.monotonic() - started < 5
+    finally:
+        stack.close()
+        secondary.stop()
+        refusing.close()
+
+
+def test_a_stream_broken_after_its_first_byte_is_not_retried() -> None:
+    with pool(("primary", "secondary")) as (stack, (primary, secondary)):
+        client = openai_client(stack.url)
+        primary.break_stream = True
+        received: list[str] = []
+        with pytest.raises((openai.APIError, httpx2.HTTPError)):  # noqa: PT012
+            for event in client.chat.completions.create(
+                model="gpt-4o", messages=MESSAGES, stream=True
+            ):
+                received.extend(c.delta.content or "" for c in event.choices)
+        assert received == ["from primary"]
+        assert secondary.entries() == []
+
+
+WEIGHTS = """
+[[backend]]
+name = "a"
+origin = "{a}"
+priority = 1
+weight = 1
+
+[[backend]]
+name = "b"
+origin = "{b}"
+priority = 1
+weight = 1
+"""
+
+
+def test_weights_split_load_within_ten_percent_over_1000_requests(tmp_path: Path) -> None:
+    with pool(("a", "b"), WEIGHTS, tmp_path) as (stack, (a, b)):
+
+        def send(count: int) -> list[int]:
+            with httpx2.Client(timeout=10) as client:
+                return [
+                    client.post(stack.url + CHAT_PATH, json=CHAT).status_code for _ in range(count)
+                ]
+
+        with ThreadPoolExecutor(4) as workers:
+            statuses = [s for done in workers.map(send, [250] * 4) for s in done]
+        assert statuses == [200] * 1000
+        counts = (len(a.entries("/chat/")), len(b.entries("/chat/")))
+        assert sum(counts) == 1000
+        assert all(abs(n - 500) <= 50 for n in counts), counts
+
+
+MAPPED = """
+[[backend]]
+name = "a"
+origin = "{a}"
+priority = 1
+[backend.deployments]
+gpt-4o = "gpt-4o-a"
+
+[[backend]]
+name = "b"
+origin = "{b}"
+priority = 2
+[backend.deployments]
+gpt-4o = "gpt-4o-b"
+"""
+
+
+def test_deployment_names_are_mapped_per_backend_on_both_route_families(tmp_path: Path) -> None:
+    with pool(("a", "b"), MAPPED, tmp_path) as (stack, (a, b)):
+        v1 = openai_client(stack.url)
+        azure = openai.AzureOpenAI(
+            azure_endpoint=stack.url, api_version="2024-10-21", api_key="unused", max_retries=0
+        )
+        assert chat(v1)[0] == "a"
+        azure.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        assert a.models_seen()[0] == "gpt-4o-a"
+        assert a.entries("/deployments/")[0].raw_path == (
+            "/openai/deployments/gpt-4o-a/chat/completions"
+        )
+        # After a failover, the next backend gets its own name for the same deployment.
+        a.throttle("30")
+        assert chat(v1)[0] == "b"
+        azure.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        assert b.models_seen()[0] == "gpt-4o-b"
+        assert b.entries("/deployments/")[0].raw_path == (
+            "/openai/deployments/gpt-4o-b/chat/completions"
+        )
+        # A name with no mapping goes as the client wrote it.
+        v1.chat.completions.create(model="other", messages=MESSAGES)  # type: ignore[arg-type]
+        assert b.models_seen()[-1] == "other"
+
+
+def test_all_backends_429_gives_429_with_the_smallest_retry_after() -> None:
+    with pool(("a", "b", "c")) as (stack, (a, b, c)):
+        client = openai_client(stack.url)
+        a.throttle("30")
+        b.throttle("12")
+        c.throttle("20")
+        # The last backend's own 429 reaches the client as it is.
+        with pytest.raises(openai.RateLimitError) as first:
+            chat(client)
+        assert first.value.response.headers["x-fake-resource"] == "c"
+        # Now every one cools down: the proxy's own 429, with the soonest of them.
+        with pytest.raises(openai.RateLimitError) as info:
+            chat(client)
+        assert 10 <= int(info.value.response.headers["retry-after"]) <= 12
+        body = info.value.response.json()
+        assert body["error"]["code"] == "all_backends_cooling_down"
+        assert "127.0.0.1" not in info.value.response.text
+        assert [len(r.entries()) for r in (a, b, c)] == [1, 1, 1]
+        ready = httpx2.get(stack.url + "/readyz")
+        assert ready.status_code == 503
+        assert set(ready.json()["backends"]) == {"backend1", "backend2", "backend3"}
+
+
+BREAKER = """
+breaker_failures = 2
+breaker_seconds = 2
+
+[[backend]]
+name = "primary"
+origin = "{primary}"
+priority = 1
+
+[[backend]]
+name = "secondary"
+origin = "{secondary}"
+priority = 2
+"""
+
+
+def test_the_circuit_breaker_opens_and_recovers(tmp_path: Path) -> None:
+    with pool(("primary", "secondary"), BREAKER, tmp_path) as (stack, (primary, _)):
+        client = openai_client(stack.url)
+        # 503s asking for a 0.1 s pause: the cooldown alone would not keep the primary out.
+        primary.status = (503, [(b"retry-after-ms", b"100")])
+        assert chat(client)[0] == "secondary"
+        time.sleep(0.3)
+        assert chat(client)[0] == "secondary"
+        assert len(primary.entries()) == 2
+        state = 'foundry_proxy_backend_state{backend="primary",state="open"}'
+        assert metric(stack, "foundry_proxy_backend_state")[state] == 1
+        # Open: for its 2 s, nothing goes to the primary.
+        for _ in range(5):
+            assert chat(client)[0] == "secondary"
+            time.sleep(0.1)
+        assert len(primary.entries()) == 2
+        # Healthy again; once the circuit's time is up one request probes it and closes it.
+        primary.status = None
+        assert wait_until(lambda: chat(client)[0] == "primary", 10, every=0.3)
+        assert chat(client)[0] == "primary"
+        state = 'foundry_proxy_backend_state{backend="primary",state="closed"}'
+        assert metric(stack, "foundry_proxy_backend_state")[state] == 1
+
+
+def test_the_token_reaches_only_configured_origins() -> None:
+    with pool(("a", "b")) as (stack, (a, b)):
+        outsider = FakeResource(stack.issuer, "outsider").start()
+        try:
+            host = outsider.url.removeprefix("http://")
+            with httpx2.Client(timeout=10) as client:
+                for headers in (
+                    {"x-forwarded-host": host},
+                    {"forwarded": f"host={host}"},
+                    {"x-ms-original-url": outsider.url + "/openai/v1/chat/completions"},
+                    {"x-original-url": outsider.url + "/openai/v1/chat/completions"},
+                ):
+                    r = client.post(stack.url + CHAT_PATH, json=CHAT, headers=headers)
+                    assert r.status_code == 200
+                a.throttle("30")
+                b.throttle("30")
+                client.post(stack.url + CHAT_PATH, json=CHAT)
+                r = client.post(stack.url + CHAT_PATH, json=CHAT)
+                assert r.status_code == 429
+                assert host not in r.text
+            assert outsider.entries() == []
+            for resource in (a, b):
+                for entry in resource.entries():
+                    assert entry.auth == "ok"
+        finally:
+            outsider.stop()
