@@ -188,7 +188,10 @@ def _announce(settings: Settings, url: str) -> None:
         "foundry-proxy %s listening on %s -> %s (%s)",
         __version__,
         url,
-        settings.upstream,
+        # Several backends are named with their origins, in priority order (docs/backends.md).
+        ", ".join(f"{b.name}={b.origin}" for b in settings.pool.backends)
+        if len(settings.pool.backends) > 1
+        else settings.upstream,
         _identity(settings),
     )
     log.info("OpenAI SDKs: base_url=%s/v1 ; AzureOpenAI: azure_endpoint=%s", url, url)
