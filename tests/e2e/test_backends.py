@@ -84,15 +84,17 @@ def test_primary_429_goes_to_the_secondary_until_its_cooldown_ends() -> None:
     with pool(("primary", "secondary")) as (stack, (primary, secondary)):
         client = openai_client(stack.url)
         primary.throttle("30")
-        answered = [chat(client)[0] for _ in range(5)]
-        assert answered == ["secondary"] * 5
+        assert chat(client)[0] == "secondary"
+        answered_at = time.monotonic()
+        answered = [chat(client)[0] for _ in range(4)]
+        assert answered == ["secondary"] * 4
         # One request met the 429; the next four never went to the primary.
         assert len(primary.entries("/chat/completions")) == 1
-        first = primary.entries("/chat/completions")[0]
-        moved = secondary.entries("/chat/completions")[0]
-        assert first.first_byte is not None
-        assert moved.ended is not None
-        print(f"failover latency: {(moved.ended - first.first_byte) * 1000:.1f} ms")
+        assert len(secondary.entries("/chat/completions")) == 5
+        throttled = primary.entries("/chat/completions")[0].first_byte
+        assert throttled is not None
+        # From the primary's 429 to the client holding the secondary's answer (docs/backends.md).
+        print(f"failover latency: {(answered_at - throttled) * 1000:.1f} ms")
         assert access_lines(stack)[-1]["backend"] == "backend2"
         failovers = metric(stack, "foundry_proxy_backend_failovers_total")
         assert failovers['foundry_proxy_backend_failovers_total{backend="backend1"}'] == 1
