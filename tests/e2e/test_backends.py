@@ -17,9 +17,13 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.e2e.stack import Stack, openai_client
+from tests.fakes.realtime import FakeRealtime
 from tests.fakes.resources import FakeResource, RefusingOrigin
+from tests.fakes.serve import ServerThread
 from tests.support.chat import CHAT, CHAT_PATH
 from tests.support.readiness import wait_until
 
@@ -310,3 +314,31 @@ def test_the_token_reaches_only_configured_origins() -> None:
                     assert entry.auth == "ok"
         finally:
             outsider.stop()
+
+
+def test_realtime_fails_over_at_the_handshake_only() -> None:
+    stack = Stack()
+    primary, secondary = FakeRealtime(stack.issuer), FakeRealtime(stack.issuer)
+    servers = [ServerThread(primary).start(), ServerThread(secondary).start()]
+    try:
+        stack.env["FOUNDRY_PROXY_UPSTREAM"] = ",".join(s.url for s in servers)
+        stack.start_proxy()
+        primary.refuse_status = 503
+        url = "ws" + stack.url.removeprefix("http") + "/v1/realtime?model=dep"
+        with connect(url, open_timeout=5, close_timeout=2) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
+            assert (primary.count(), secondary.count()) == (1, 1)
+            # Once open, the session is the secondary's: when it ends, nothing is reopened.
+            primary.refuse_status = None
+            ws.send(json.dumps({"type": "test.close", "code": 4001, "reason": "bye"}))
+            with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012
+                while True:
+                    ws.recv(timeout=5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4001
+        assert (primary.count(), secondary.count()) == (1, 1)
+    finally:
+        log = stack.close()
+        for server in servers:
+            server.stop()
+        assert not stack.leaks(log)
