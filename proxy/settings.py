@@ -268,17 +268,20 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     raw = _raw_values(file_values, overrides, names)
     placeholders = placeholder_problems(raw)
     misspelt = environment_warnings(os.environ, read)
-    problems += _no_upstream(raw)
+    missing = _no_upstream(raw)
+    problems += missing
     settings = None
     try:
         fields = SettingsSource(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems += [_describe(e, names) for e in exc.errors(include_input=False)]
-        credential_names = {*CREDENTIAL_SETTINGS.values(), "FOUNDRY_PROXY_CREDENTIAL"}
-        if not credential_names.union({"IDENTITY_ENDPOINT"}) & raw.keys():
-            problems.append(NO_CREDENTIAL)
+        failed = True
     else:
         settings = _resolve(fields, problems, misspelt)
+        failed = bool(missing)
+    credential_names = {*CREDENTIAL_SETTINGS.values(), "FOUNDRY_PROXY_CREDENTIAL"}
+    if failed and not credential_names.union({"IDENTITY_ENDPOINT"}) & raw.keys():
+        problems.append(NO_CREDENTIAL)
     problems += placeholders
     if problems or settings is None:
         # A misspelt name in the environment is only a warning, but when the settings fail it
