@@ -151,6 +151,32 @@ def test_a_stream_broken_after_its_first_byte_is_not_retried() -> None:
         assert secondary.entries() == []
 
 
+def test_a_body_over_the_replay_limit_is_not_retried() -> None:
+    with pool(("primary", "secondary"), FOUNDRY_PROXY_REPLAY_BODY_LIMIT="1024") as (
+        stack,
+        (primary, secondary),
+    ):
+        primary.throttle("30")
+        large = json.dumps(CHAT | {"messages": [{"role": "user", "content": "x" * 8192}]})
+
+        def pieces() -> Iterator[bytes]:
+            # In parts a moment apart, so the proxy has more than the limit before the end.
+            for start in range(0, len(large), 2048):
+                yield large[start : start + 2048].encode()
+                time.sleep(0.05)
+
+        with httpx2.Client(timeout=10) as client:
+            r = client.post(stack.url + CHAT_PATH, content=pieces())
+            # Streamed straight through, it cannot be sent twice: the primary's 429 as it is.
+            assert r.status_code == 429
+            assert r.headers["x-fake-resource"] == "primary"
+            assert secondary.entries() == []
+            # The primary now cools down: the next request goes to the secondary at once.
+            r = client.post(stack.url + CHAT_PATH, json=CHAT)
+            assert r.headers["x-fake-resource"] == "secondary"
+        assert len(primary.entries()) == 1
+
+
 WEIGHTS = """
 [[backend]]
 name = "a"
