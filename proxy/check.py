@@ -141,6 +141,12 @@ async def run_checks(env_file: Path | None, claude_deployment: str | None = None
                 )
             )
             token = await credential.get_token(settings.scope)
+            # Backends with a scope of their own (docs/backends.md) get a token for it.
+            scoped = {
+                b.scope: (await credential.get_token(b.scope)).token
+                for b in settings.pool.backends
+                if b.scope is not None and b.scope != settings.scope
+            }
             claude = await _claude_token(credential, settings) if claude_deployment else None
         except ConfigError as exc:
             report.add(_credential_failure(exc))
@@ -161,7 +167,14 @@ async def run_checks(env_file: Path | None, claude_deployment: str | None = None
             )
         )
         report.add(describe_claims(token.token, settings.scope, CLOUDS[settings.cloud].scope))
-        report.add(await check_origin(http, settings.upstream, token.token, settings))
+        # Every backend, one call each: a pool is only as good as the resources it fails over to.
+        backends = settings.pool.backends
+        for backend in backends:
+            bearer = scoped.get(backend.scope or "", token.token)
+            step = await check_origin(http, backend.origin, bearer, settings)
+            if len(backends) > 1:
+                step.summary = f"backend {backend.name}: {step.summary}"
+            report.add(step)
         if claude_deployment:
             if isinstance(claude, Step):
                 report.add(claude)

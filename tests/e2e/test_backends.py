@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.e2e.stack import Stack, openai_client
+from tests.e2e.stack import Stack, clean_environment, openai_client, run_proxy
 from tests.fakes.realtime import FakeRealtime
 from tests.fakes.resources import FakeResource, RefusingOrigin
 from tests.fakes.serve import ServerThread
@@ -368,3 +368,37 @@ def test_realtime_fails_over_at_the_handshake_only() -> None:
         for server in servers:
             server.stop()
         assert not stack.leaks(log)
+
+
+def test_check_calls_every_backend(tmp_path: Path) -> None:
+    stack = Stack()
+    good = FakeResource(stack.issuer, "good").start()
+    refusing = RefusingOrigin()
+    try:
+        keys = ("AZURE_AUTHORITY_HOST", "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")
+        values = {k: stack.env[k] for k in keys}
+        env_file = tmp_path / "check.env"
+
+        def check(upstream: str) -> tuple[int, dict[str, object]]:
+            lines = values | {"FOUNDRY_PROXY_UPSTREAM": upstream}
+            env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+            args = ["check", "--env-file", str(env_file), "--json"]
+            result = run_proxy(args, clean_environment())
+            assert not stack.leaks(result.stdout + result.stderr)
+            return result.returncode, json.loads(result.stdout)
+
+        code, report = check(f"{good.url},{stack.foundry_server.url}")
+        assert code == 0, report
+        assert len(good.entries("/models")) == 1
+        assert len(stack.foundry.entries("/models")) == 1
+        code, report = check(f"{good.url},{refusing.url}")
+        assert code == 1
+        steps = report["steps"]
+        assert isinstance(steps, list)
+        failed = [s["summary"] for s in steps if s["status"] == "fail"]
+        assert len(failed) == 1
+        assert failed[0].startswith("backend backend2:")
+    finally:
+        stack.close()
+        good.stop()
+        refusing.close()
