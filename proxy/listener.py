@@ -1,30 +1,19 @@
 """The HTTP/1.1 listener: uvicorn's httptools protocol with the bounds uvicorn lacks.
 
-Every resource a connection holds here has a limit and a deadline (docs/security.md, "Resource
-bounds"); ``ListenerLimits`` carries them, from the settings:
+Every resource a connection holds has a limit and a deadline (docs/security.md, "Resource
+bounds"); ``ListenerLimits`` (listener_limits.py) carries them, from the settings. Here:
 
-- the request head must arrive within ``head_timeout`` seconds (else 408) and within
-  ``max_header_bytes`` (else 431). The deadline also runs from the first byte an idle
-  keep-alive connection receives: llhttp skips blank lines between messages without starting
-  one, and uvicorn resets its keep-alive timer on every byte, so a CRLF every few seconds kept
-  a connection forever (slowloris; docs/security.md, "Slow clients");
-- a request body must keep coming: each ``body_timeout`` window must bring at least
-  ``body_min_rate`` bytes per second (else 408), unless the proxy itself stopped reading;
-- an answer the client stops reading is abandoned after ``send_timeout`` seconds without
-  progress, which ends the request and frees its concurrency slot;
+- the request head must arrive within ``max_header_bytes`` (else 431); its deadline, the body's
+  minimum rate, the send deadline and the graceful close are listener_deadlines.py's;
 - at most ``max_connections`` connections; more are answered 503 and closed;
-- pipelined requests are parsed only ``max_pipelined`` ahead of the one being answered: past
-  that, reading stops (uvicorn parsed every request of each read into memory), and a client
-  that pipelines more than 16 KiB beyond it is served what was parsed, then closed;
+- pipelined requests are parsed only ``max_pipelined`` ahead of the one being answered
+  (listener_pipeline.py);
 - request-body bytes held in memory beyond each request's first 16 KiB come out of one budget
   per process (budget.py; FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES), counted here as the parser
   hands them over: a request that finds it spent is answered 503 and closed;
 - trailer fields of a chunked body are dropped (RFC 9112 section 7.1.2 forbids merging them
   into the header section; uvicorn appended them to the request's headers) and bounded like
-  a head;
-- a connection closed while the client may still be sending is closed gracefully: the answer
-  goes out, then a FIN, then input is discarded for up to LINGER_SECONDS (RFC 9112 section
-  9.6), so that no reset destroys an answer (a 413, a 400) before the client reads it.
+  a head.
 
 The parser is pinned to httptools (llhttp): it refuses obs-fold, conflicting Content-Length and
 malformed chunked framing (docs/security.md, "HTTP parsers"); Content-Length together with
@@ -35,107 +24,17 @@ startup that this is the parser in use.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from proxy.budget import BUDGET_KEY, HELD_KEY, BodyBudget, HeldBody
-
-if TYPE_CHECKING:
-    from proxy.settings import Settings
-
-log = logging.getLogger("foundry_proxy")
-
-# How long input is read and discarded after the answer on a connection being closed while
-# the client may still be sending (a body over the limit, a malformed request).
-LINGER_SECONDS = 2.0
-# llhttp cannot be paused from a callback, so input that may hold several requests is parsed
-# in slices of one message each (a head; a body of known length; a chunked body up to its last
-# chunk) and parsing stops at the pipeline depth. A read up to _SLICE bytes with nothing queued
-# is parsed at once (the usual case).
-_SLICE = 1024
-# What a slice may still bring past the depth (a small read; a chunked body whose last chunk
-# has an extension) before parsing stops for good: the rest is refused.
-# A read of _SLICE bytes holds at most 16 requests of 64 bytes or more, as real ones are.
-_PIPELINE_SLACK = 8
-# Pipelined input held, unparsed, while the depth is reached; more ends the connection.
-_HOLD_LIMIT = 16 * 1024
-_HEAD_START = re.compile(rb"[^\r\n]")
-
-
-class Notices:
-    """Warnings about limits that bite, at most one line per kind every ``every`` seconds (with
-    the count of those left out): an attack must not turn into a flood of log lines."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
-
-    def warn(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.every:
-            self._left_out[kind] = self._left_out.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        left_out = self._left_out.pop(kind, 0)
-        if left_out:
-            message += f" ({left_out} more since the last such line)"
-        log.warning(message, *args)
-
-
-@dataclass(frozen=True)
-class ListenerLimits:
-    """The listener's bounds (docs/security.md, "Resource bounds"); defaults as in settings."""
-
-    head_timeout: float = 10.0
-    max_header_bytes: int = 64 * 1024
-    max_connections: int = 2048
-    max_pipelined: int = 8
-    body_timeout: float = 20.0
-    body_min_rate: int = 500
-    send_timeout: float = 30.0
-    notices: Notices = field(default_factory=Notices, compare=False)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ListenerLimits:
-        return cls(
-            head_timeout=settings.head_timeout,
-            max_header_bytes=settings.max_header_bytes,
-            max_connections=settings.max_connections,
-            max_pipelined=settings.max_pipelined,
-            body_timeout=settings.body_timeout,
-            body_min_rate=settings.body_min_rate,
-            send_timeout=settings.send_timeout,
-        )
-
-    @classmethod
-    def of(cls, config: Config) -> ListenerLimits:
-        """The limits a server was configured with (``config.limits``); without them, the
-        defaults with the head limits ProxyConfig carries."""
-        limits = getattr(config, "limits", None)
-        if isinstance(limits, ListenerLimits):
-            return limits
-        limits = cls(
-            head_timeout=getattr(config, "head_timeout", cls.head_timeout),
-            max_header_bytes=getattr(config, "max_header_bytes", cls.max_header_bytes),
-        )
-        return limits.apply_to(config)  # one Notices per server, not per connection
-
-    def apply_to(self, config: Config) -> ListenerLimits:
-        """Make these the limits of the servers ``config`` configures (it pickles with them
-        for the worker processes of ``--workers``)."""
-        config.limits = self  # type: ignore[attr-defined]
-        return self
+from proxy.listener_deadlines import ConnectionDeadlines
+from proxy.listener_limits import ListenerLimits
+from proxy.listener_pipeline import PIPELINE_SLACK, PipelineFeed
 
 
 def parser_in_use() -> str:
@@ -143,18 +42,6 @@ def parser_in_use() -> str:
     if not issubclass(GuardedHttpProtocol, HttpToolsProtocol):  # pragma: no cover
         raise RuntimeError("foundry-proxy's listener must use uvicorn's httptools protocol")
     return f"httptools {httptools.__version__} (llhttp)"
-
-
-def _reply(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps(
-        {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-    ).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nx-foundry-proxy-error: {code}\r\n{extra}"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 class _CycleTransport:
@@ -170,7 +57,7 @@ class _CycleTransport:
         self.close = close
 
 
-class GuardedHttpProtocol(HttpToolsProtocol):
+class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
     """HttpToolsProtocol with the bounds of ListenerLimits, read from the server's config
     (uvicorn makes one protocol instance per connection)."""
 
@@ -220,32 +107,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         # A connection that never sends a byte is also a head that never arrives.
         self._arm()
-
-    def _turn_away(self, open_now: int) -> None:
-        limit = self.limits.max_connections
-        self._in_head = False
-        self.limits.notices.warn(
-            "connections",
-            "%d connections open: new connections are answered 503 and closed "
-            "(FOUNDRY_PROXY_MAX_CONNECTIONS=%d)",
-            open_now - 1,
-            limit,
-        )
-        self.transport.write(
-            _reply(
-                503,
-                "Service Unavailable",
-                "too_many_connections",
-                f"foundry-proxy has {limit} connections open, its limit "
-                "(FOUNDRY_PROXY_MAX_CONNECTIONS); retry shortly",
-                "retry-after: 1\r\n",
-            )
-        )
-        if open_now > 2 * limit:
-            # Connections turned away linger too; past twice the limit they close at once.
-            self.transport.close()
-        else:
-            self._linger()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -298,52 +159,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         ):
             self._start_body_window()
 
-    def _feed(self, data: bytes) -> None:
-        """Parse ``data``; when it may hold several requests, one message at a time, holding
-        back what lies past the pipeline depth."""
-        end = len(data)
-        if end <= _SLICE and not self.pipeline:
-            self._parse(data)  # one small read: the usual case
-            return
-        view = memoryview(data)
-        depth = self.limits.max_pipelined
-        pos = 0
-        while pos < end:
-            if self._message_done and len(self.pipeline) >= depth:
-                self._hold(view[pos:])
-                return
-            stop = self._slice_end(data, pos)
-            self._parse(view[pos:stop])
-            pos = stop
-            if self._discarding or self.transport.is_closing() or self.parser.should_upgrade():
-                # Closing, or the connection was upgraded (the rest is never read as HTTP).
-                return
-
-    def _slice_end(self, data: bytes, pos: int) -> int:
-        """Where the next slice of ``data`` from ``pos`` ends: after the next head, after the
-        current body, or a bounded guess."""
-        if self._message_done:
-            found = _HEAD_START.search(data, pos)  # blank lines first start no message
-            if found is None:
-                return len(data)
-            pos = found.start()
-        elif not self._in_head:
-            if self._body_left > 0:
-                return pos + self._body_left
-            # Chunked: up to the end of the last chunk and its trailers when in sight (an early
-            # cut inside chunk data that looks like them costs only another slice).
-            if data.startswith(b"0\r\n", pos):
-                after = pos + 1
-            else:
-                last = data.find(b"\r\n0\r\n", pos)
-                if last < 0:
-                    return len(data)
-                after = last + 3
-            end = data.find(b"\r\n\r\n", after)
-            return end + 4 if end >= 0 else len(data)
-        head_end = data.find(b"\r\n\r\n", pos, pos + _SLICE)
-        return head_end + 4 if head_end >= 0 else pos + _SLICE
-
     def _parse(self, data: bytes | memoryview) -> None:
         """uvicorn's data_received with the head and trailer bounds, and the pipeline's hard
         stop (which is no malformed request)."""
@@ -387,29 +202,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                     f"the trailer section is larger than {self.max_header_bytes} bytes",
                 )
 
-    def _hold(self, rest: bytes | memoryview) -> None:
-        held = self._held + rest
-        if len(held) > _HOLD_LIMIT:
-            self._refuse_rest()
-            return
-        self._held = held
-        self.flow.pause_reading()
-
-    def _refuse_rest(self) -> None:
-        """Too much pipelined input: answer what was parsed, then close."""
-        self.limits.notices.warn(
-            "pipelining",
-            "a client pipelined more than %d requests and %d bytes beyond them: it gets the "
-            "answers to those, then its connection is closed (FOUNDRY_PROXY_MAX_PIPELINED)",
-            self.limits.max_pipelined,
-            _HOLD_LIMIT,
-        )
-        self._held = b""
-        self._discarding = True
-        self.flow.pause_reading()
-        if self.cycle is not None:
-            self.cycle.keep_alive = False  # the newest parsed request ends the connection
-
     def on_response_complete(self) -> None:
         if self._held_bodies:
             self._release_answered()
@@ -426,7 +218,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if len(self.pipeline) >= self.limits.max_pipelined + _PIPELINE_SLACK:
+        if len(self.pipeline) >= self.limits.max_pipelined + PIPELINE_SLACK:
             self._overflow = True
             raise ValueError("pipelined past the depth")  # stops the parser for good
         super().on_message_begin()
@@ -571,81 +363,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 waiting.append((cycle, held))
         self._held_bodies = waiting
 
-    # -- the head deadline --------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self._in_head:
-            return
-        if self.cycle is None or self.cycle.response_complete:
-            self._refuse(
-                408,
-                "Request Timeout",
-                "request_timeout",
-                f"the request head did not arrive within {self.head_timeout:g} s",
-            )
-        elif not self.transport.is_closing():
-            # A pipelined head trickling in behind a response still being sent.
-            self.transport.close()
-
-    # -- the body deadline --------------------------------------------------------------------
-
-    def _start_body_window(self) -> None:
-        self._body_bytes = 0
-        self._body_excused = self.flow.read_paused
-        self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_window_end)
-
-    def _stop_body_window(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-
-    def _body_window_end(self) -> None:
-        self._body_timer = None
-        if self._message_done or self._discarding or self.transport.is_closing():
-            return
-        limits = self.limits
-        cycle = self.cycle
-        wanted = max(1.0, limits.body_min_rate * limits.body_timeout)
-        excused = (
-            self._body_excused
-            or self.flow.read_paused
-            or (cycle is not None and cycle.waiting_for_100_continue)
-        )
-        if excused or self._body_bytes >= wanted:
-            self._start_body_window()
-            return
-        limits.notices.warn(
-            "body",
-            "a request body brought %d bytes in %g s: request ended with 408 "
-            "(FOUNDRY_PROXY_BODY_TIMEOUT=%g, FOUNDRY_PROXY_BODY_MIN_RATE=%d)",
-            self._body_bytes,
-            limits.body_timeout,
-            limits.body_timeout,
-            limits.body_min_rate,
-        )
-        if cycle is not None and cycle.response_complete:
-            self._close()  # answered already (the body was being skipped): just end it
-            return
-        self._refuse(
-            408,
-            "Request Timeout",
-            "request_timeout",
-            f"the request body arrived slower than {limits.body_min_rate} bytes/s over "
-            f"{limits.body_timeout:g} s",
-        )
-
-    # -- the send deadline --------------------------------------------------------------------
-
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
@@ -655,86 +372,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._stop_send_check()
-
-    def _stop_send_check(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _send_check(self) -> None:
-        self._send_timer = None
-        if not self.flow.write_paused or self.transport.is_closing():
-            return
-        left = self.transport.get_write_buffer_size()
-        if left < self._send_left:  # the client took some: it is slow, not gone
-            self._send_left = left
-            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
-            return
-        self.limits.notices.warn(
-            "send",
-            "a client read nothing of its answer for %g s: connection closed and its request "
-            "ended (FOUNDRY_PROXY_SEND_TIMEOUT)",
-            self.limits.send_timeout,
-        )
-        # uvicorn's connection_lost marks the request disconnected and unblocks its send();
-        # the forwarder then sees the disconnect and closes the upstream request.
-        self.transport.abort()
-
-    # -- closing ------------------------------------------------------------------------------
-
-    def _refuse(self, status: int, reason: str, code: str, message: str, extra: str = "") -> None:
-        self._disarm()
-        if self.transport.is_closing() or self._lingering:
-            return
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            self.transport.write(_reply(status, reason, code, message, extra))
-        elif not cycle.response_started:
-            # The request is with the app, which has not answered yet (a bad chunk in its
-            # body, say): answer for it, and let it see a disconnect from now on.
-            cycle.disconnected = True
-            cycle.message_event.set()
-            self.transport.write(_reply(status, reason, code, message, extra))
-        self._close()
-
-    def _close(self) -> None:
-        """Close the connection; gracefully when the client may still be sending."""
-        if self.transport.is_closing() or self._lingering:
-            return
-        pending = (
-            not self._message_done
-            or (self._in_head and self._head_bytes > 0)
-            or self._discarding
-            or bool(self._held)
-            or bool(self.pipeline)
-        )
-        if pending:
-            self._linger()
-        else:
-            self.transport.close()
-
-    def _linger(self) -> None:
-        """Send what is buffered and a FIN, then discard input until the client closes or
-        LINGER_SECONDS pass: closing a socket with unread input makes the kernel send a reset,
-        and a reset destroys the answer in the client's buffers before it reads it."""
-        transport = self.transport
-        self._lingering = self._discarding = True
-        self._held = b""
-        self._disarm()
-        self._stop_body_window()
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        self.flow.resume_reading()
-        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self._linger_end)
-
-    def _linger_end(self) -> None:
-        self._linger_timer = None
-        if self.transport.get_write_buffer_size():
-            self.transport.abort()  # the client reads nothing either
-        else:
-            self.transport.close()
 
 
 class ProxyConfig(Config):

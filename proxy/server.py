@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from proxy.listener import ListenerLimits, ProxyConfig
+from proxy.listener import ProxyConfig
+from proxy.listener_limits import ListenerLimits
 from proxy.settings import Settings
 from proxy.websocket_listener import GuardedWebSocketProtocol
 

@@ -24,7 +24,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from proxy.budget import BUDGET_KEY, BodyBudget, HeldBody
-from proxy.listener import ListenerLimits
+from proxy.listener_limits import ListenerLimits
 
 # A message being written upstream is held three times over: as the relay has it, as aiohttp
 # masks a copy of it (RFC 6455 section 5.3) and as the upstream socket's buffer has what is not
