@@ -31,6 +31,7 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import BackendCollector, Metrics
 from proxy.policy import Policy
 from proxy.realtime import RealtimeRelay
+from proxy.runtime import Runtime
 from proxy.settings import Settings
 from proxy.upstream_session import UpstreamSession
 
@@ -81,8 +82,9 @@ def create_app(
     upstream = UpstreamSession(settings, tls)
     # The backends requests go to, with their cooldowns and circuits (docs/backends.md).
     pool = Pool(settings.pool)
-    forwarder = Forwarder(settings, gate, upstream, tokens, metrics, access, pool)
-    realtime = RealtimeRelay(settings, gate, upstream, tokens, metrics, access, pool)
+    runtime = Runtime(settings, gate, upstream, tokens, metrics, access, pool)
+    forwarder = Forwarder(runtime)
+    realtime = RealtimeRelay(runtime)
     # Counted by the listener, which finds it in the lifespan state (budget.py).
     body_budget = BodyBudget(settings.max_buffered_body_bytes)
     if metrics is not None:

@@ -21,20 +21,17 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
-from proxy.access import AccessLog
-from proxy.admission import Admission, Gate
+from proxy.admission import Admission
 from proxy.backend_health import retry_after
-from proxy.backends import Backend, Pool, all_cooling_down
+from proxy.backends import Backend, all_cooling_down
 from proxy.budget import HELD_KEY
-from proxy.credentials.provider import TokenProvider
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
-from proxy.metrics import Exchange, Metrics
+from proxy.metrics import Exchange
 from proxy.replies import ErrorReply, send_error, token_unavailable, too_large, upstream_failure
 from proxy.response_relay import answer, token_rejected, unsent
 from proxy.rewrite import BadTarget
-from proxy.settings import Settings
-from proxy.upstream_session import UpstreamSession
+from proxy.runtime import Runtime
 from proxy.usage_tap import UsageTap
 
 log = logging.getLogger("foundry_proxy.forward")
@@ -63,24 +60,9 @@ class _Request:
 class Forwarder:
     """Raw ASGI endpoint: admitted request -> upstream with the bearer token -> streamed back."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        gate: Gate,
-        upstream: UpstreamSession,
-        tokens: TokenProvider,
-        metrics: Metrics | None,
-        access: AccessLog,
-        pool: Pool,
-    ) -> None:
-        self._settings = settings
-        self._gate = gate
-        self._upstream = upstream
-        self._pool = pool
-        self._tokens = tokens
-        self._metrics = metrics
-        self._access = access
-        self._wants_model = metrics is not None or access.enabled
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._wants_model = runtime.metrics is not None or runtime.access.enabled
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,9 +75,9 @@ class Forwarder:
         # A plain counter: the in-flight gauge reads it at scrape time (app.py), instead of
         # taking a metric's lock twice per request.
         self.in_flight += 1
-        tap = UsageTap(x, send, self._metrics, self._wants_model)
+        tap = UsageTap(x, send, self._rt.metrics, self._wants_model)
         try:
-            decision = self._gate.admit(scope, x)
+            decision = self._rt.gate.admit(scope, x)
             if isinstance(decision, Admission):
                 await self._forward(scope, receive, tap, decision)
             else:
@@ -104,14 +86,14 @@ class Forwarder:
             self.in_flight -= 1
             x.ended = time.perf_counter()
             tap.finish()
-            if self._metrics is not None:
-                self._metrics.observe(x)
-            self._access.record(x)
+            if self._rt.metrics is not None:
+                self._rt.metrics.observe(x)
+            self._rt.access.record(x)
 
     async def _forward(
         self, scope: Scope, receive: Receive, tap: UsageTap, admitted: Admission
     ) -> None:
-        limit = self._settings.max_body_bytes
+        limit = self._rt.settings.max_body_bytes
         length = admitted.inbound.length
         if length is not None and length > limit:
             await send_error(tap.send, too_large(limit), anthropic=admitted.anthropic)
@@ -134,14 +116,14 @@ class Forwarder:
         )
         slot = False
         try:
-            await body.read_start(receive, self._settings.replay_body_limit)
+            await body.read_start(receive, self._rt.settings.replay_body_limit)
             if body.data is not None:
                 watch.start()
                 if not tap.x.deployment:
                     tap.request_body = body.data  # the bytes kept for replay, not a copy
             # The slot is taken once the body (or, for a large one, its replayable start) is
             # in: a client trickling its body holds no slot meanwhile (docs/security.md).
-            refused = await self._gate.take_slot()
+            refused = await self._rt.gate.take_slot()
             if refused is not None:
                 await request.fail(refused)
                 return
@@ -161,7 +143,7 @@ class Forwarder:
             if held is not None:
                 held.close()
             if slot:
-                self._gate.release_slot()
+                self._rt.gate.release_slot()
             tap.x.bytes_in = body.size  # Body counts what it read; no wrapper around receive
 
     async def _failover(self, request: _Request, receive: Receive, watch: Watch) -> None:
@@ -169,7 +151,7 @@ class Forwarder:
         or a 5xx goes to the client; on such an answer, a connect error or a timeout, the
         backend cools down and, while the body can be sent again, the next one is tried. The
         last one's answer goes to the client as it is (docs/backends.md)."""
-        pool = self._pool
+        pool = self._rt.pool
         attempts = pool.attempts()
         backend = next(attempts, None)
         if backend is None:
@@ -224,14 +206,14 @@ class Forwarder:
         token was refused, for a body that was kept, gets one forced refresh and one replay on
         the same backend."""
         token_scope = request.token_scope
-        if backend.spec.scope is not None and token_scope == self._settings.scope:
+        if backend.spec.scope is not None and token_scope == self._rt.settings.scope:
             token_scope = backend.spec.scope
-        token = self._tokens.token_now(token_scope)
+        token = self._rt.tokens.token_now(token_scope)
         if token is None:
             try:
-                token = await self._tokens.token(token_scope)
+                token = await self._rt.tokens.token(token_scope)
             except CredentialError as err:
-                await request.fail(token_unavailable(err, self._tokens.retry_in(token_scope)))
+                await request.fail(token_unavailable(err, self._rt.tokens.retry_in(token_scope)))
                 return None
         if watch.gone:
             return None
@@ -282,7 +264,7 @@ class Forwarder:
         """The upstream's response; its failure to give one is raised as aiohttp's error, or
         as ClientGone / TooLarge when the client's body was the cause."""
         try:
-            return await self._upstream.session.request(
+            return await self._rt.upstream.session.request(
                 request.method,
                 url,
                 headers=[*headers, ("Authorization", "Bearer " + token)],
@@ -304,9 +286,9 @@ class Forwarder:
         was kept; else None and the 401's body if it was read (it goes to the client)."""
         retry, read = await token_rejected(response)
         if retry and request.body.data is not None:
-            fresh = await self._tokens.refreshed(token_scope, token)
+            fresh = await self._rt.tokens.refreshed(token_scope, token)
             if fresh is not None:
                 return fresh, None
         elif retry:
-            self._tokens.invalidate(token_scope, token)
+            self._rt.tokens.invalidate(token_scope, token)
         return None, read

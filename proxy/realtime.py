@@ -22,18 +22,15 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
-from proxy.access import AccessLog
-from proxy.admission import Admission, Gate
+from proxy.admission import Admission
 from proxy.backend_health import retry_after
-from proxy.backends import Backend, Pool, all_cooling_down
-from proxy.credentials.provider import TokenProvider
+from proxy.backends import Backend, all_cooling_down
 from proxy.errors import CredentialError
-from proxy.metrics import Exchange, Metrics
+from proxy.metrics import Exchange
 from proxy.realtime_frames import pump
 from proxy.replies import ErrorReply, token_unavailable
 from proxy.rewrite import BadTarget
-from proxy.settings import Settings
-from proxy.upstream_session import UpstreamSession
+from proxy.runtime import Runtime
 
 # Handshake headers worth passing on (the rest are the client's own: its key, its WebSocket
 # key and extensions, which aiohttp makes afresh for the upstream handshake).
@@ -41,23 +38,8 @@ _RELAYED = frozenset({"openai-beta", "user-agent", "x-ms-client-request-id", "op
 
 
 class RealtimeRelay:
-    def __init__(
-        self,
-        settings: Settings,
-        gate: Gate,
-        upstream: UpstreamSession,
-        tokens: TokenProvider,
-        metrics: Metrics | None,
-        access: AccessLog,
-        pool: Pool,
-    ) -> None:
-        self._settings = settings
-        self._pool = pool
-        self._gate = gate
-        self._upstream = upstream
-        self._tokens = tokens
-        self._metrics = metrics
-        self._access = access
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         x = Exchange(
@@ -71,26 +53,26 @@ class RealtimeRelay:
             await self._session(scope, receive, send, x)
         finally:
             x.ended = time.perf_counter()
-            if self._metrics is not None:
-                self._metrics.observe(x)
-            self._access.record(x)
+            if self._rt.metrics is not None:
+                self._rt.metrics.observe(x)
+            self._rt.access.record(x)
 
     async def _session(self, scope: Scope, receive: Receive, send: Send, x: Exchange) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        decision = self._gate.admit(scope, x)
+        decision = self._rt.gate.admit(scope, x)
         x.route = "realtime"  # whatever route family the gate found: counted as sessions
         if not isinstance(decision, Admission):
             await _deny(scope, send, x, decision.reply, decision.anthropic)
             return
-        refused = await self._gate.take_slot()
+        refused = await self._rt.gate.take_slot()
         if refused is not None:
             await _deny(scope, send, x, refused, decision.anthropic)
             return
         try:
             await self._upstream_session(scope, receive, send, x, decision)
         finally:
-            self._gate.release_slot()
+            self._rt.gate.release_slot()
 
     async def _upstream_session(
         self, scope: Scope, receive: Receive, send: Send, x: Exchange, admitted: Admission
@@ -103,10 +85,10 @@ class RealtimeRelay:
             # OpenAI's browser convention carries the key in a subprotocol: never passed on.
             if p.strip() and not p.strip().lower().startswith("openai-insecure-api-key")
         ]
-        attempts = self._pool.attempts()
+        attempts = self._rt.pool.attempts()
         backend = next(attempts, None)
         if backend is None:
-            reply = all_cooling_down(self._pool.soonest())
+            reply = all_cooling_down(self._rt.pool.soonest())
             await _deny(scope, send, x, reply, admitted.anthropic)
             return
         while True:
@@ -134,7 +116,7 @@ class RealtimeRelay:
         x.first_byte = time.perf_counter()
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-            await pump(receive, send, upstream, x, self._settings.send_timeout)
+            await pump(receive, send, upstream, x, self._rt.settings.send_timeout)
         finally:
             if not upstream.closed:
                 await upstream.close()
@@ -146,13 +128,13 @@ class RealtimeRelay:
         another backend may be tried (a 429, a 5xx, no connection). The backend's health is
         told what it did, except on success (the caller's)."""
         token_scope = admitted.token_scope
-        if backend.spec.scope is not None and token_scope == self._settings.scope:
+        if backend.spec.scope is not None and token_scope == self._rt.settings.scope:
             token_scope = backend.spec.scope
         try:
-            token = await self._tokens.token(token_scope)
+            token = await self._rt.tokens.token(token_scope)
         except CredentialError as err:
             backend.health.abandoned()
-            return token_unavailable(err, self._tokens.retry_in(token_scope)), False
+            return token_unavailable(err, self._rt.tokens.retry_in(token_scope)), False
         try:
             path_qs = backend.path_for(admitted.target.path_qs)
         except BadTarget as exc:
@@ -164,12 +146,12 @@ class RealtimeRelay:
         # The one place an upstream origin is chosen for a session: a configured backend's.
         url = URL(backend.origin + path_qs, encoded=True)
         try:
-            return await self._upstream.handshakes().ws_connect(
+            return await self._rt.upstream.handshakes().ws_connect(
                 url,
                 headers=headers,
                 protocols=protocols,
                 # aiohttp refuses a message of exactly max_msg_size; the limit is inclusive.
-                max_msg_size=self._settings.ws_max_message_bytes + 1,
+                max_msg_size=self._rt.settings.ws_max_message_bytes + 1,
                 autoclose=False,
                 compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
