@@ -110,6 +110,9 @@ class Stack:
             | env
         )
         self.proxy: ProxyProcess | None = None
+        # SDK clients made for this stack, closed with it: an SDK client left to the garbage
+        # collector leaves its pooled sockets open, and the collector may run only at exit.
+        self.clients: list[Any] = []
 
     def start_proxy(self, *args: str, ready: bool = True) -> ProxyProcess:
         self.proxy = ProxyProcess(self.env, args).wait_listening()
@@ -144,6 +147,8 @@ class Stack:
     def close(self) -> str:
         log = ""
         try:
+            for client in self.clients:
+                client.close()
             if self.proxy is not None:
                 self.proxy.stop()
                 log = self.proxy.log
@@ -186,10 +191,13 @@ def chat_load(url: str, seconds: float, workers: int = 4) -> tuple[int, list[str
     return ok, failures
 
 
-def openai_client(url: str, **kwargs: Any) -> Any:
+def openai_client(s: Stack, **kwargs: Any) -> Any:
+    """An OpenAI SDK client for ``s``'s proxy, closed when ``s`` is."""
     from openai import OpenAI
 
-    return OpenAI(base_url=url + "/v1", api_key="no-secret-here", max_retries=0, **kwargs)
+    client = OpenAI(base_url=s.url + "/v1", api_key="no-secret-here", max_retries=0, **kwargs)
+    s.clients.append(client)
+    return client
 
 
 def serving(s: Stack) -> Iterator[Stack]:

@@ -38,7 +38,7 @@ def _line_for(s: Stack, request_id: str) -> dict[str, object]:
 def test_a_stream_without_usage_is_logged_with_the_requests_model(fresh_stack: Stack) -> None:
     s = fresh_stack
     s.start_proxy()
-    client = openai_client(s.url)
+    client = openai_client(s)
     request_id = "6c1d0c1e-0000-4000-8000-000000000001"
     chunks = list(
         client.chat.completions.create(
@@ -60,7 +60,7 @@ def test_the_answers_model_still_wins(fresh_stack: Stack) -> None:
     s = fresh_stack
     s.start_proxy()
     request_id = "6c1d0c1e-0000-4000-8000-000000000002"
-    reply = openai_client(s.url).chat.completions.create(
+    reply = openai_client(s).chat.completions.create(
         model="my-chat-deployment",
         messages=MESSAGES,  # type: ignore[arg-type]
         extra_headers={"x-ms-client-request-id": request_id},

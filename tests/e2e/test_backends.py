@@ -86,7 +86,7 @@ def metric(stack: Stack, name: str) -> dict[str, float]:
 
 def test_primary_429_goes_to_the_secondary_until_its_cooldown_ends() -> None:
     with pool(("primary", "secondary")) as (stack, (primary, secondary)):
-        client = openai_client(stack.url)
+        client = openai_client(stack)
         primary.throttle("30")
         assert chat(client)[0] == "secondary"
         answered_at = time.monotonic()
@@ -110,7 +110,7 @@ def test_primary_429_goes_to_the_secondary_until_its_cooldown_ends() -> None:
 
 def test_cooldown_from_retry_after_ms_ends_and_the_primary_is_used_again() -> None:
     with pool(("primary", "secondary")) as (stack, (primary, _)):
-        client = openai_client(stack.url)
+        client = openai_client(stack)
         primary.throttle("1500", header=b"retry-after-ms")
         assert chat(client)[0] == "secondary"
         primary.status = None
@@ -127,7 +127,7 @@ def test_refused_connections_fail_over_within_the_connect_timeout() -> None:
     try:
         stack.env["FOUNDRY_PROXY_UPSTREAM"] = f"{refusing.url},{secondary.url}"
         stack.start_proxy()
-        client = openai_client(stack.url)
+        client = openai_client(stack)
         started = time.monotonic()
         assert chat(client)[0] == "secondary"
         assert time.monotonic() - started < 5
@@ -139,7 +139,7 @@ def test_refused_connections_fail_over_within_the_connect_timeout() -> None:
 
 def test_a_stream_broken_after_its_first_byte_is_not_retried() -> None:
     with pool(("primary", "secondary")) as (stack, (primary, secondary)):
-        client = openai_client(stack.url)
+        client = openai_client(stack)
         primary.break_stream = True
         received: list[str] = []
         with pytest.raises((openai.APIError, httpx2.HTTPError)):  # noqa: PT012
@@ -228,7 +228,7 @@ gpt-4o = "gpt-4o-b"
 
 def test_deployment_names_are_mapped_per_backend_on_both_route_families(tmp_path: Path) -> None:
     with pool(("a", "b"), MAPPED, tmp_path) as (stack, (a, b)):
-        v1 = openai_client(stack.url)
+        v1 = openai_client(stack)
         azure = openai.AzureOpenAI(
             azure_endpoint=stack.url, api_version="2024-10-21", api_key="unused", max_retries=0
         )
@@ -253,7 +253,7 @@ def test_deployment_names_are_mapped_per_backend_on_both_route_families(tmp_path
 
 def test_all_backends_429_gives_429_with_the_smallest_retry_after() -> None:
     with pool(("a", "b", "c")) as (stack, (a, b, c)):
-        client = openai_client(stack.url)
+        client = openai_client(stack)
         a.throttle("30")
         b.throttle("12")
         c.throttle("20")
@@ -292,7 +292,7 @@ priority = 2
 
 def test_the_circuit_breaker_opens_and_recovers(tmp_path: Path) -> None:
     with pool(("primary", "secondary"), BREAKER, tmp_path) as (stack, (primary, _)):
-        client = openai_client(stack.url)
+        client = openai_client(stack)
         # 503s asking for a 0.1 s pause: the cooldown alone would not keep the primary out.
         primary.status = (503, [(b"retry-after-ms", b"100")])
         assert chat(client)[0] == "secondary"

@@ -32,7 +32,7 @@ def test_pem_certificate_rolls_over_under_load(fresh_stack: Stack, tmp_path: Pat
     _use_certificate(s, path)
     proxy = s.start_proxy()
     assert "(certificate of app" in proxy.log
-    reply = openai_client(s.url).chat.completions.create(
+    reply = openai_client(s).chat.completions.create(
         model="gpt-test", messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.choices[0].message.content
@@ -67,7 +67,7 @@ def test_pkcs12_with_password_and_chain_for_subject_name_auth(
         FOUNDRY_PROXY_CERTIFICATE_ALGORITHM="RS256",
     )
     proxy = s.start_proxy()
-    reply = openai_client(s.url).embeddings.create(model="emb", input="hello")
+    reply = openai_client(s).embeddings.create(model="emb", input="hello")
     assert reply.data
     header = s.entra.calls[-1].assertion_header
     assert header is not None

@@ -35,8 +35,8 @@ def _keyless(s: Stack) -> None:
         del s.env[name]
 
 
-def _ask(url: str) -> str:
-    reply = openai_client(url).chat.completions.create(
+def _ask(s: Stack) -> str:
+    reply = openai_client(s).chat.completions.create(
         model="gpt-test", messages=[{"role": "user", "content": "hi"}]
     )
     return str(reply.choices[0].message.content)
@@ -63,7 +63,7 @@ def test_imds_is_detected_and_rolls_over_under_load(fresh_stack: Stack) -> None:
             "passed over managed identity (App Service): IDENTITY_ENDPOINT and IDENTITY_HEADER "
             "are not set" in proxy.log
         )
-        assert _ask(s.url)
+        assert _ask(s)
         ok, failures = chat_load(s.url, 8)
     assert failures == []
     assert ok > 20
@@ -94,7 +94,7 @@ def test_user_assigned_identity_by_client_id(fresh_stack: Stack) -> None:
         }
         proxy = s.start_proxy()
         assert f"user-assigned {user_assigned}" in proxy.log
-        assert _ask(s.url)
+        assert _ask(s)
     assert imds.calls[-1].params["client_id"] == user_assigned
     # The proxies were in force (the inference call took HTTP_PROXY, as TRUST_ENV asks)...
     assert [target.split("/", 1)[1] for _, target in egress.seen] == ["openai/v1/chat/completions"]
@@ -115,7 +115,7 @@ def test_imds_retries_while_it_is_being_updated(fresh_stack: Stack) -> None:
         s.env["FOUNDRY_PROXY_IMDS_ENDPOINT"] = server.url
         s.start_proxy(ready=False)
         assert wait_for_status(s.url + "/readyz", 200, 30)
-        assert _ask(s.url)
+        assert _ask(s)
     assert [c.status for c in imds.calls][:3] == [400, 410, 200]
 
 
@@ -134,7 +134,7 @@ def test_app_service_identity_never_goes_through_the_token_proxy(fresh_stack: St
         }
         proxy = s.start_proxy()
         assert "managed identity (App Service), system-assigned" in proxy.log
-        assert _ask(s.url)
+        assert _ask(s)
         ok, failures = chat_load(s.url, 5, workers=2)
         assert header not in proxy.log
     assert failures == []
@@ -154,7 +154,7 @@ def test_entra_calls_use_the_token_proxy_and_inference_does_not(fresh_stack: Sta
     with _serving(egress) as egress_server:
         s.env["FOUNDRY_PROXY_TOKEN_PROXY"] = egress_server.url
         s.start_proxy()
-        assert _ask(s.url)
+        assert _ask(s)
     assert egress.seen, "the token request did not go through FOUNDRY_PROXY_TOKEN_PROXY"
     assert all(target.endswith("/oauth2/v2.0/token") for _, target in egress.seen)
     assert len(s.entra.calls) == len(egress.seen)
@@ -265,7 +265,7 @@ def test_azure_identity_escape_hatch_is_refreshed_by_the_proxy(
     with _CliTokens(s, tmp_path, "az", lifetime=6):
         proxy = s.start_proxy()
         assert "azure-identity DefaultAzureCredential" in proxy.log
-        assert _ask(s.url)
+        assert _ask(s)
         ok, failures = chat_load(s.url, 5, workers=2)
     assert failures == []
     assert ok > 10

@@ -45,7 +45,7 @@ def _access_lines(log: str) -> list[dict[str, object]]:
 def test_metrics_and_access_log_follow_real_traffic(fresh_stack: Stack) -> None:
     s = fresh_stack
     proxy = s.start_proxy()
-    client = openai_client(s.url)
+    client = openai_client(s)
     plain = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     streamed_usage = None
     for chunk in client.chat.completions.create(

@@ -11,6 +11,7 @@ from openai import AzureOpenAI
 
 from proxy.emulator.deployments import DEFAULTS
 from tests.e2e.stack import Stack, openai_client
+from tests.support.readiness import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +19,7 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
 def test_chat_completion_via_v1_base_url(stack: Stack) -> None:
-    client = openai_client(stack.url)
+    client = openai_client(stack)
     reply = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     assert reply.choices[0].message.content == (
         "Hello from the foundry-proxy emulator (emulated-gpt-test). You said: Say hello"
@@ -36,6 +37,7 @@ def test_chat_completion_via_azure_openai_client(stack: Stack) -> None:
     client = AzureOpenAI(
         azure_endpoint=stack.url, api_version="2024-10-21", api_key="no-secret-here", max_retries=0
     )
+    stack.clients.append(client)
     reply = client.chat.completions.create(model="my-deployment", messages=MESSAGES)
     assert reply.model == "emulated-my-deployment"
     assert reply.choices[0].message.content.endswith("You said: Say hello")
@@ -47,7 +49,7 @@ def test_chat_completion_via_azure_openai_client(stack: Stack) -> None:
 
 
 def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: Stack) -> None:
-    client = openai_client(stack.url)
+    client = openai_client(stack)
     delay = 0.4
     stream = client.chat.completions.create(
         model="gpt-test",
@@ -66,7 +68,9 @@ def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: St
         if chunk.usage is not None:
             usage = chunk.usage
     entry = stack.foundry.entries("/chat/completions")[-1]
-    assert entry.completed
+    # The fake notes its stream complete just after writing the last event, which the client
+    # may read first: wait for the note instead of racing it.
+    assert wait_until(lambda: entry.completed, 10)
     assert entry.ended is not None
     assert texts == ["tok0 ", "tok1 ", "tok2 ", "tok3"]
     assert usage is not None
@@ -82,6 +86,7 @@ def test_azure_client_streams_too(stack: Stack) -> None:
     client = AzureOpenAI(
         azure_endpoint=stack.url, api_version="2024-10-21", api_key="x", max_retries=0
     )
+    stack.clients.append(client)
     stream = client.chat.completions.create(
         model="dep",
         messages=MESSAGES,
@@ -93,7 +98,7 @@ def test_azure_client_streams_too(stack: Stack) -> None:
 
 
 def test_embeddings(stack: Stack) -> None:
-    client = openai_client(stack.url)
+    client = openai_client(stack)
     result = client.embeddings.create(model="embed-test", input=["one", "two"])
     again = client.embeddings.create(model="embed-test", input="two")
     assert [d.index for d in result.data] == [0, 1]
@@ -105,7 +110,7 @@ def test_embeddings(stack: Stack) -> None:
 
 
 def test_models_list(stack: Stack) -> None:
-    client = openai_client(stack.url)
+    client = openai_client(stack)
     assert [m.id for m in client.models.list()] == [d.model for d in DEFAULTS]
     assert stack.foundry.entries("/models")[-1].method == "GET"
 
@@ -113,7 +118,7 @@ def test_models_list(stack: Stack) -> None:
 @pytest.mark.parametrize("size", [512 * 1024, 3 * 1024 * 1024 + 7])
 def test_multipart_audio_upload_is_byte_exact(stack: Stack, size: int) -> None:
     audio = os.urandom(size)
-    client = openai_client(stack.url)
+    client = openai_client(stack)
     result = client.audio.transcriptions.create(model="whisper", file=("speech.wav", audio))
     digest = hashlib.sha256(audio).hexdigest()
     assert result.text == f"Emulated transcription of speech.wav: {size} bytes, sha256 {digest}."

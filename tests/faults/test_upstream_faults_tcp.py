@@ -258,7 +258,7 @@ def test_f56_reset_after_k_events(faulty: tuple[Stack, FaultProxy]) -> None:
     assert not entry.completed
 
     _renew(fault)
-    client = openai_client(s.url)
+    client = openai_client(s)
     chunks: list[Any] = []
     try:
         stream = client.chat.completions.create(
@@ -294,7 +294,7 @@ def test_f57_connection_closed_inside_the_body(faulty: tuple[Stack, FaultProxy])
     assert fault.conns[-1].ended_by == "close"
 
     _renew(fault)
-    client = openai_client(s.url)
+    client = openai_client(s)
     try:
         with pytest.raises(openai.APIConnectionError):
             client.chat.completions.create(
@@ -363,7 +363,7 @@ def test_f58_error_statuses_pass_through_once(faulty: tuple[Stack, FaultProxy]) 
 
     # The emulated 429 on a real route, through the openai SDK (its own retries off).
     s.foundry.faults.rate_limit_every = 1
-    client = openai_client(s.url)
+    client = openai_client(s)
     try:
         for stream in (False, True):
             before = len(s.foundry.journal)
