@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,3 +107,33 @@ def test_every_cited_document_exists() -> None:
         if not (ROOT / "docs" / name).is_file()
     )
     assert not missing, "cited but not in docs/:\n" + "\n".join(missing)
+
+
+# Past this a module holds more than one concept and is split by concept (docs/architecture.md,
+# "Import rules", module size); ~300 lines is the aim, this is the hard limit.
+MODULE_LINE_LIMIT = 400
+
+
+def test_every_module_is_within_the_size_budget() -> None:
+    over = sorted(
+        f"{path.relative_to(ROOT)}: {lines} lines"
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MODULE_LINE_LIMIT
+    )
+    assert not over, f"over {MODULE_LINE_LIMIT} lines, split by concept:\n" + "\n".join(over)
+
+
+def test_the_import_graph_in_the_docs_is_the_real_one() -> None:
+    """docs/architecture.md shows the layers scripts/import_graph.py prints from the imports;
+    a move of code that changes them must change the drawing too."""
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "import_graph.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip("\n")
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Import graph") :]
+    drawn = section.split("```")[1].strip("\n")
+    assert drawn == printed, "run scripts/import_graph.py and paste its output in the docs"
