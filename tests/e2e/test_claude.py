@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from proxy.credentials.claims import decode_claims
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 from tests.e2e.test_demo import Demo
 from tests.fakes.foundry import Entry
 from tests.support.readiness import wait_until
@@ -254,12 +254,7 @@ def test_tokens_roll_over_under_a_long_claude_stream(fresh_stack: Stack) -> None
 def default_policy() -> Iterator[Stack]:
     s = Stack()
     del s.env["FOUNDRY_PROXY_POLICY"]  # the default policy, not the test stack's open one
-    try:
-        s.start_proxy()
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log)
+    yield from serving(s)
 
 
 def test_the_default_policy_serves_messages_and_count_tokens(default_policy: Stack) -> None:

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from proxy.emulator.deployments import Deployments
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -24,12 +24,7 @@ def foundry() -> Iterator[Stack]:
     """The proxy in front of the emulator holding its default deployments."""
     s = Stack()
     s.foundry.deployments = Deployments()
-    try:
-        s.start_proxy()
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log)
+    yield from serving(s)
 
 
 @pytest.fixture

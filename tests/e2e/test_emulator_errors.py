@@ -13,7 +13,7 @@ import pytest
 
 from proxy.emulator.content_filter import FILTER_ANSWER, FILTER_PROMPT
 from proxy.emulator.deployments import Deployments
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +26,7 @@ def azure() -> Iterator[Stack]:
     """The proxy in front of the emulator holding its default deployments."""
     s = Stack()
     s.foundry.deployments = Deployments()
-    try:
-        s.start_proxy()
-        yield s
-    finally:
-        log = s.close()
-        assert not s.leaks(log)
+    yield from serving(s)
 
 
 @pytest.fixture
