@@ -24,7 +24,6 @@ startup that this is the parser in use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -32,6 +31,7 @@ from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from proxy.budget import BUDGET_KEY, HELD_KEY, BodyBudget, HeldBody
+from proxy.cycle_transport import CycleTransport
 from proxy.listener_deadlines import ConnectionDeadlines
 from proxy.listener_limits import ListenerLimits
 from proxy.listener_pipeline import PIPELINE_SLACK, PipelineFeed
@@ -42,19 +42,6 @@ def parser_in_use() -> str:
     if not issubclass(GuardedHttpProtocol, HttpToolsProtocol):  # pragma: no cover
         raise RuntimeError("foundry-proxy's listener must use uvicorn's httptools protocol")
     return f"httptools {httptools.__version__} (llhttp)"
-
-
-class _CycleTransport:
-    """The connection as a request cycle sees it: uvicorn writes and closes through it, and
-    close() becomes the protocol's graceful close. ``write`` and ``is_closing`` are the
-    transport's own bound methods, so writing costs nothing extra."""
-
-    __slots__ = ("close", "is_closing", "write")
-
-    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
-        self.write = transport.write
-        self.is_closing = transport.is_closing
-        self.close = close
 
 
 class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
@@ -85,7 +72,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
         self._body_excused = False  # the proxy stopped reading during the window
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_left = 0  # bytes the client had not taken at the last send check
-        self._cycle_transport: _CycleTransport | None = None
+        self._cycle_transport: CycleTransport | None = None
         # The app's request-body budget, from the lifespan state (app.py); the body of the
         # request being parsed, and those of requests not answered yet (pipelined).
         budget = self.app_state.get(BUDGET_KEY)
@@ -100,7 +87,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._cycle_transport = _CycleTransport(transport, self._close)
+        self._cycle_transport = CycleTransport(transport, self._close)
         open_now = len(self.connections)
         if open_now > self.limits.max_connections:
             self._turn_away(open_now)
@@ -290,10 +277,12 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
             elif name == b"transfer-encoding":
                 chunked = True
         cycle = self.cycle
-        if cycle is not previous and cycle is not None:
+        transport = self._cycle_transport
+        if cycle is not previous and cycle is not None and transport is not None:
             self._cycles = [c for c in self._cycles if not c.response_complete]
             self._cycles.append(cycle)
-            cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            cycle.transport = transport  # type: ignore[assignment]
+            transport.hold_head = True
             self._held_body = None
             if self._budget is not None and (self._body_left or chunked):
                 held = self._held_body = HeldBody(self._budget)
