@@ -62,6 +62,7 @@ class Gate:
         # Listening on loopback only: Host must name loopback too (DNS rebinding).
         self._loopback_only = is_loopback_host(settings.host)
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.slots_held = 0  # read by the idle collector (garbage.py)
 
     def admit(self, scope: Scope, x: Exchange) -> Admission | Refusal:
         """Judge a request (or handshake) by its target and headers; nothing is awaited. What
@@ -111,6 +112,7 @@ class Gate:
         to queue_timeout; None once held (give it back with ``release_slot``), else the 503."""
         if not self._slots.locked():
             await self._slots.acquire()
+            self.slots_held += 1
             return None
         try:
             async with asyncio.timeout(self._settings.queue_timeout):
@@ -123,9 +125,11 @@ class Gate:
                 "and Realtime sessions in flight (FOUNDRY_PROXY_MAX_CONCURRENCY); retry shortly",
                 _RETRY_SOON,
             )
+        self.slots_held += 1
         return None
 
     def release_slot(self) -> None:
+        self.slots_held -= 1
         self._slots.release()
 
     def web_page(self, inbound: Inbound, scope: Scope) -> tuple[str, str] | None:

@@ -26,6 +26,7 @@ from proxy.budget import BUDGET_KEY, BodyBudget, BudgetCollector
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.credentials.factory import TokenClients
 from proxy.forwarding import Forwarder
+from proxy.garbage import IdleCollector
 from proxy.logs import configure_logging
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import BackendCollector, Metrics
@@ -87,6 +88,9 @@ def create_app(
     realtime = RealtimeRelay(runtime)
     # Counted by the listener, which finds it in the lifespan state (budget.py).
     body_budget = BodyBudget(settings.max_buffered_body_bytes)
+    # Cyclic garbage (closed connections, ended Realtime sessions) is collected when traffic
+    # stops (garbage.py).
+    collector = IdleCollector(lambda: forwarder.in_flight > 0 or gate.slots_held > 0)
     if metrics is not None:
         metrics.in_flight.set_function(lambda: forwarder.in_flight)
         metrics.registry.register(BudgetCollector(body_budget))
@@ -135,9 +139,11 @@ def create_app(
         await upstream.start()
         tokens.start()
         access.start()
+        collector.start()
         try:
             yield {BUDGET_KEY: body_budget}
         finally:
+            await collector.aclose()
             await upstream.aclose()
             await tokens.aclose()
             await clients.aclose()

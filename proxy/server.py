@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import inspect
 import logging
 import math
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from proxy import garbage
 from proxy.listener import ProxyConfig
 from proxy.listener_limits import ListenerLimits
 from proxy.settings import Settings
@@ -193,6 +193,10 @@ def proxy_config(app: Any, settings: Settings, **extra: Any) -> ProxyConfig:
         lifespan="on",
         log_config=None,  # logging is ours (logs.py), redaction included
         access_log=False,
+        # Nothing stands in front of the proxy: X-Forwarded-For or -Proto from a local client
+        # must not change what uvicorn reports about the connection (uvicorn trusts them from
+        # 127.0.0.1 by default).
+        proxy_headers=False,
         server_header=False,
         # The upstream's Date passes through; proxy-made answers need none.
         date_header=False,
@@ -206,23 +210,6 @@ def proxy_config(app: Any, settings: Settings, **extra: Any) -> ProxyConfig:
 
 def _nothing() -> None:
     return None
-
-
-def settle_garbage_collector() -> None:
-    """Tune the cycle collector for serving, once the proxy has started (bench, same runs).
-
-    The objects that exist by then (modules, classes, settings: ~64,000) are frozen out of its
-    sight: every full collection walked them all, and at c=32 those pauses made p99 4.5x p50
-    (1.9x frozen; 10 full collections in 24 s took 0.94 s unfrozen, 0.13 s frozen). They are
-    collected first, so no garbage is kept. The young generation's threshold goes from 700 to
-    10,000 net new objects: the requests in flight alone crossed 700 about 70 times a second
-    (1,627 young collections in 24 s, 0.66 s; 153 and 0.035 s at 10,000), and CPU per small
-    request fell from 387 to 305 us. But cyclic garbage then waits for that count, which an
-    idle proxy never reaches: after a Realtime flood it kept ~80 MB of dead sessions
-    (tests/security/test_bounds_realtime.py failed), so the threshold stays at its default and
-    only the freeze is kept until the garbage can be collected when traffic stops."""
-    gc.collect()
-    gc.freeze()
 
 
 class DrainingServer(uvicorn.Server):
@@ -242,7 +229,7 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and not self.should_exit:
-            settle_garbage_collector()
+            garbage.settle()
             self._on_started()
 
     @contextlib.contextmanager
@@ -311,7 +298,7 @@ class _WorkerApp:
         # at once, cutting their streams.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         app = self.factory()
-        settle_garbage_collector()  # after the bulk of imports; the lifespan adds few
+        garbage.settle()  # after the bulk of imports; the lifespan adds few
         return app
 
 
