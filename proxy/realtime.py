@@ -5,8 +5,10 @@ Origin, inbound keys, request id, policy, then a concurrency slot held for as lo
 session lasts); a refusal is the handshake's denial with the status, code, message and headers
 an HTTP request would get. The upstream handshake is made by aiohttp, on the shared upstream
 pool, with the provider's bearer token and none of the client's credentials (docs/azure.md,
-section 6, Realtime); it never follows a redirect (docs/security.md): a 3xx is a 502. Frames
-then pass both ways (realtime_frames.py). The token is checked only at the handshake, so a
+section 6, Realtime); it never follows a redirect (docs/security.md): a 3xx is a 502. A 429
+or 503 refusal reaches the client with its status and the headers that say when to come back
+(Retry-After, retry-after-ms, x-ratelimit-*), as an HTTP request's answer would. Frames then
+pass both ways (realtime_frames.py). The token is checked only at the handshake, so a
 session outlives it; new sessions take the current one. With several backends the session
 chooses one at the handshake and fails over (on a 429, a 5xx, a connect error or a timeout)
 only while the handshake has not completed; an open session stays where it is
@@ -16,7 +18,7 @@ only while the handshake has not completed; an open session stays where it is
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
@@ -28,13 +30,23 @@ from proxy.backends import Backend, all_cooling_down
 from proxy.errors import CredentialError
 from proxy.metrics import Exchange
 from proxy.realtime_frames import pump
-from proxy.replies import ErrorReply, token_unavailable
+from proxy.replies import ErrorReply, Headers, token_unavailable
 from proxy.rewrite import BadTarget
 from proxy.runtime import Runtime
 
 # Handshake headers worth passing on (the rest are the client's own: its key, its WebSocket
 # key and extensions, which aiohttp makes afresh for the upstream handshake).
 _RELAYED = frozenset({"openai-beta", "user-agent", "x-ms-client-request-id", "openai-project"})
+# What a throttled or overloaded upstream says about when to come back (RFC 9110 section
+# 10.2.3; Azure OpenAI adds retry-after-ms and the x-ratelimit-* family). The openai SDKs and
+# callers' own retry loops read them from a denied handshake as from any 429.
+_THROTTLE_NAMES = frozenset({"retry-after", "retry-after-ms", "x-ms-retry-after-ms"})
+_THROTTLE_PREFIX = "x-ratelimit-"
+_THROTTLE_STATUSES = frozenset({429, 503})
+# Bounds on what is copied from an upstream's denial: these headers are short numbers and
+# durations, a handful of them.
+_MAX_THROTTLE_HEADERS = 16
+_MAX_THROTTLE_VALUE = 128
 
 
 class RealtimeRelay:
@@ -157,9 +169,9 @@ class RealtimeRelay:
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
         except aiohttp.WSServerHandshakeError as exc:
-            # The upstream's refusal, relayed: 401 (token), 403, 404 (deployment), 429. A 5xx,
-            # a redirect (never followed) or anything odd is the upstream failing: 502, as for
-            # HTTP requests.
+            # The upstream's refusal, relayed: 401 (token), 403, 404 (deployment), 429, and a
+            # 503 with when to retry. Another 5xx, a redirect (never followed) or anything odd
+            # is the upstream failing: 502.
             wait = retry_after(exc.headers, time.time()) if exc.headers else None
             if exc.status == 429:
                 backend.health.throttled(wait)
@@ -167,14 +179,34 @@ class RealtimeRelay:
                 backend.health.failed(wait)
             else:
                 backend.health.succeeded()
-            status = exc.status if 400 <= exc.status < 500 else 502
+            throttled = exc.status in _THROTTLE_STATUSES
+            status = exc.status if 400 <= exc.status < 500 or throttled else 502
+            retry = throttle_headers(exc.headers) if throttled and exc.headers else ()
             message = f"the upstream refused the Realtime session (HTTP {exc.status})"
             retriable = exc.status == 429 or exc.status >= 500
-            return ErrorReply(status, "upstream_refused", message), retriable
+            return ErrorReply(status, "upstream_refused", message, retry), retriable
         except (aiohttp.ClientError, TimeoutError) as exc:
             backend.health.failed(None)
             message = f"could not open the Realtime session upstream ({type(exc).__name__})"
             return ErrorReply(502, "upstream_unreachable", message, upstream=True), True
+
+
+def throttle_headers(headers: Mapping[str, str]) -> Headers:
+    """The headers of an upstream's 429 or 503 that tell when to retry, names lower-cased;
+    a value that is not short printable ASCII is left out."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if not lower.isascii() or not (
+            lower in _THROTTLE_NAMES or lower.startswith(_THROTTLE_PREFIX)
+        ):
+            continue
+        if len(value) > _MAX_THROTTLE_VALUE or not (value.isascii() and value.isprintable()):
+            continue
+        out.append((lower.encode("ascii"), value.encode("ascii")))
+        if len(out) == _MAX_THROTTLE_HEADERS:
+            break
+    return tuple(out)
 
 
 async def _deny(scope: Scope, send: Send, x: Exchange, reply: ErrorReply, anthropic: bool) -> None:

@@ -373,6 +373,51 @@ def test_upstream_handshake_refusal_is_relayed(rt: RealtimeStack, status: int) -
     assert rt.fake.session(first).status == status
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_throttled_handshake_is_denied_with_when_to_retry(rt: RealtimeStack, status: int) -> None:
+    """The upstream's status and its retry headers reach the client, as on an HTTP request."""
+    first = rt.fake.count()
+    rt.fake.refuse_status = status
+    rt.fake.refusal_headers = [
+        ("Retry-After", "7"),
+        ("retry-after-ms", "7000"),
+        ("x-ratelimit-remaining-requests", "0"),
+        ("x-ratelimit-reset-requests", "7s"),
+        ("x-fake-unrelated", "not relayed"),
+    ]
+    try:
+        denied = _denied(rt.ws("/v1/realtime?model=dep"))
+    finally:
+        rt.fake.refuse_status = None
+        rt.fake.refusal_headers = None
+    assert rt.fake.session(first).status == status
+    assert denied.status_code == status
+    assert denied.headers["retry-after"] == "7"
+    assert denied.headers["retry-after-ms"] == "7000"
+    assert denied.headers["x-ratelimit-remaining-requests"] == "0"
+    assert denied.headers["x-ratelimit-reset-requests"] == "7s"
+    assert "x-fake-unrelated" not in denied.headers
+    assert json.loads(denied.body)["error"]["code"] == "upstream_refused"
+    # A single upstream is never held back by its cooldown: the next session opens.
+    with session_on(rt, "/v1/realtime?model=dep") as ws:
+        ws.send("after")
+        assert ws.recv(timeout=TIMEOUT) == "after"
+
+
+def test_a_failing_handshake_other_than_503_is_a_502_without_retry_headers(
+    rt: RealtimeStack,
+) -> None:
+    rt.fake.refuse_status = 500
+    rt.fake.refusal_headers = [("Retry-After", "7")]
+    try:
+        denied = _denied(rt.ws("/v1/realtime?model=dep"))
+    finally:
+        rt.fake.refuse_status = None
+        rt.fake.refusal_headers = None
+    assert denied.status_code == 502
+    assert "retry-after" not in denied.headers
+
+
 @pytest.mark.parametrize(
     ("path", "upstream_path", "upstream_query"),
     [

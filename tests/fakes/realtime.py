@@ -15,6 +15,8 @@ the first subprotocol offered, and sends ``session.created`` first. Then it answ
 * any other text message -> the same text back, unchanged; a binary message -> the same bytes.
 
 Knobs: ``refuse_status`` (refuse every handshake with this HTTP status while set),
+``refusal_headers`` (the headers such a refusal carries besides its content headers; by
+default a 429 carries ``retry-after: 2``),
 ``redirect`` ((status, location): answer every handshake with that redirect while set),
 ``close_after_connect`` ((code, reason): close right after ``session.created``),
 ``stop_reading`` (after ``session.created``, read nothing more while set: a peer that stopped
@@ -109,6 +111,7 @@ class FakeRealtime:
         self.sessions: list[RealtimeSession] = []
         self._lock = threading.Lock()
         self.refuse_status: int | None = None
+        self.refusal_headers: list[tuple[str, str]] | None = None
         self.redirect: tuple[int, str] | None = None
         self.stop_reading = False
         self.close_after_connect: tuple[int, str] | None = None
@@ -239,7 +242,9 @@ class FakeRealtime:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
             ]
-            if status == 429:
+            if self.refusal_headers is not None:
+                headers += [(k.encode(), v.encode()) for k, v in self.refusal_headers]
+            elif status == 429:
                 headers.append((b"retry-after", b"2"))
             await send(
                 {"type": "websocket.http.response.start", "status": status, "headers": headers}
