@@ -4,31 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import ConfigError
 from proxy.settings import Settings, load_settings
+from tests.support.settings_env import APP_CREDENTIAL, clear_outside_settings
+from tests.support.settings_env import settings_problems as problems
 
-GOOD = {
-    "upstream": "https://myres.openai.azure.com",
-    "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
-    "client_id": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
-    "client_secret": "abc~DEF123",
-}
+GOOD = {"upstream": "https://myres.openai.azure.com", **APP_CREDENTIAL}
 SECRET = "CANARY-SECRET-settings-0123456789"
 
 
 @pytest.fixture(autouse=True)
 def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith(("AZURE_", "FOUNDRY_PROXY_")):
-            monkeypatch.delenv(key)
-
-
-def problems(**values: object) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_settings(**values)
-    return info.value.problems
+    clear_outside_settings(monkeypatch)
 
 
 def test_defaults_and_normalisation() -> None:
