@@ -3,34 +3,26 @@ problem named (docs/backends.md)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from proxy.backend_config import pool_from_upstream
-from proxy.errors import ConfigError
 from proxy.settings import load_settings
+from tests.support.backends_toml import backends_toml
+from tests.support.settings_env import APP_CREDENTIAL as CREDENTIAL
+from tests.support.settings_env import clear_outside_settings, settings_problems
 
-CREDENTIAL = {
-    "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
-    "client_id": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
-    "client_secret": "abc~DEF123",
-}
 SECRET = "CANARY-SECRET-backends-0123456789"
 
 
 @pytest.fixture(autouse=True)
 def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(("AZURE_", "FOUNDRY_PROXY_")):
-            monkeypatch.delenv(key)
+    clear_outside_settings(monkeypatch)
 
 
 def problems(**values: object) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_settings(**CREDENTIAL | values)
-    return info.value.problems
+    return settings_problems(**CREDENTIAL | values)
 
 
 def test_one_upstream_is_a_pool_of_one() -> None:
@@ -79,29 +71,23 @@ def test_upstream_or_backends_file_is_required() -> None:
     assert any("FOUNDRY_PROXY_UPSTREAM: is required" in p for p in found)
 
 
-GOOD_FILE = """
-breaker_failures = 3
-breaker_seconds = 10
-
-[[backend]]
-name = "ptu"
-origin = "https://ptu.openai.azure.com"
-priority = 1
-[backend.deployments]
-gpt-4o = "gpt-4o-ptu"
-
-[[backend]]
-name = "paygo-a"
-origin = "https://a.openai.azure.com"
-priority = 2
-weight = 3
-
-[[backend]]
-name = "paygo-b"
-origin = "https://b.services.ai.azure.com"
-priority = 2
-scope = "https://cognitiveservices.azure.com/.default"
-"""
+GOOD_FILE = backends_toml(
+    {
+        "name": "ptu",
+        "origin": "https://ptu.openai.azure.com",
+        "priority": 1,
+        "deployments": {"gpt-4o": "gpt-4o-ptu"},
+    },
+    {"name": "paygo-a", "origin": "https://a.openai.azure.com", "priority": 2, "weight": 3},
+    {
+        "name": "paygo-b",
+        "origin": "https://b.services.ai.azure.com",
+        "priority": 2,
+        "scope": "https://cognitiveservices.azure.com/.default",
+    },
+    breaker_failures=3,
+    breaker_seconds=10,
+)
 
 
 def test_a_backends_file(tmp_path: Path) -> None:
@@ -118,26 +104,19 @@ def test_a_backends_file(tmp_path: Path) -> None:
     assert s.with_detected_credential("secret").pool == s.pool
 
 
-BAD_FILE = f"""
-breaker_seconds = -1
-colour = "blue"
-
-[[backend]]
-name = "Sweden Central"
-origin = "http://evil.example.com"
-weight = 0
-prioritee = 2
-
-[[backend]]
-name = "b"
-origin = "https://u:{SECRET}@b.openai.azure.com"
-scope = "https://cognitiveservices.azure.com"
-[backend.deployments]
-gpt-4o = "../../x"
-
-[[backend]]
-name = "b"
-"""
+# Well-formed TOML whose every value or key is wrong for a backends file.
+BAD_FILE = backends_toml(
+    {"name": "Sweden Central", "origin": "http://evil.example.com", "weight": 0, "prioritee": 2},
+    {
+        "name": "b",
+        "origin": f"https://u:{SECRET}@b.openai.azure.com",
+        "scope": "https://cognitiveservices.azure.com",
+        "deployments": {"gpt-4o": "../../x"},
+    },
+    {"name": "b"},
+    breaker_seconds=-1,
+    colour="blue",
+)
 
 
 def test_every_problem_of_a_backends_file_is_named_without_values(tmp_path: Path) -> None:
@@ -166,11 +145,14 @@ def test_every_problem_of_a_backends_file_is_named_without_values(tmp_path: Path
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        # Hand-written: the point is a file that is not TOML at all.
         ("[[backend]\n", "is not valid TOML"),
-        ("breaker_failures = 2\n", "holds no backend"),
+        (backends_toml(breaker_failures=2), "holds no backend"),
         (
-            '[[backend]]\nname="a"\norigin="https://a.openai.azure.com"\n'
-            '[[backend]]\nname="a"\norigin="https://b.openai.azure.com"\n',
+            backends_toml(
+                {"name": "a", "origin": "https://a.openai.azure.com"},
+                {"name": "a", "origin": "https://b.openai.azure.com"},
+            ),
             "the name 'a' is used twice",
         ),
     ],
