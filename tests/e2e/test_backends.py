@@ -24,6 +24,7 @@ from tests.e2e.stack import Stack, clean_environment, openai_client, run_proxy
 from tests.fakes.realtime import FakeRealtime
 from tests.fakes.resources import FakeResource, RefusingOrigin
 from tests.fakes.serve import ServerThread
+from tests.support.backends_toml import backends_toml
 from tests.support.chat import CHAT, CHAT_PATH
 from tests.support.readiness import wait_until
 
@@ -177,19 +178,11 @@ def test_a_body_over_the_replay_limit_is_not_retried() -> None:
         assert len(primary.entries()) == 1
 
 
-WEIGHTS = """
-[[backend]]
-name = "a"
-origin = "{a}"
-priority = 1
-weight = 1
-
-[[backend]]
-name = "b"
-origin = "{b}"
-priority = 1
-weight = 1
-"""
+# "{a}" and "{b}" become the resources' URLs in pool().
+WEIGHTS = backends_toml(
+    {"name": "a", "origin": "{a}", "priority": 1, "weight": 1},
+    {"name": "b", "origin": "{b}", "priority": 1, "weight": 1},
+)
 
 
 def test_weights_split_load_within_ten_percent_over_1000_requests(tmp_path: Path) -> None:
@@ -209,21 +202,10 @@ def test_weights_split_load_within_ten_percent_over_1000_requests(tmp_path: Path
         assert all(abs(n - 500) <= 50 for n in counts), counts
 
 
-MAPPED = """
-[[backend]]
-name = "a"
-origin = "{a}"
-priority = 1
-[backend.deployments]
-gpt-4o = "gpt-4o-a"
-
-[[backend]]
-name = "b"
-origin = "{b}"
-priority = 2
-[backend.deployments]
-gpt-4o = "gpt-4o-b"
-"""
+MAPPED = backends_toml(
+    {"name": "a", "origin": "{a}", "priority": 1, "deployments": {"gpt-4o": "gpt-4o-a"}},
+    {"name": "b", "origin": "{b}", "priority": 2, "deployments": {"gpt-4o": "gpt-4o-b"}},
+)
 
 
 def test_deployment_names_are_mapped_per_backend_on_both_route_families(tmp_path: Path) -> None:
@@ -274,20 +256,12 @@ def test_all_backends_429_gives_429_with_the_smallest_retry_after() -> None:
         assert set(ready.json()["backends"]) == {"backend1", "backend2", "backend3"}
 
 
-BREAKER = """
-breaker_failures = 2
-breaker_seconds = 2
-
-[[backend]]
-name = "primary"
-origin = "{primary}"
-priority = 1
-
-[[backend]]
-name = "secondary"
-origin = "{secondary}"
-priority = 2
-"""
+BREAKER = backends_toml(
+    {"name": "primary", "origin": "{primary}", "priority": 1},
+    {"name": "secondary", "origin": "{secondary}", "priority": 2},
+    breaker_failures=2,
+    breaker_seconds=2,
+)
 
 
 def test_the_circuit_breaker_opens_and_recovers(tmp_path: Path) -> None:
