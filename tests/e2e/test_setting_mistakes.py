@@ -39,6 +39,40 @@ def test_the_example_copied_unchanged_does_not_start(tmp_path: Path) -> None:
     assert "listening on" not in result.stdout + result.stderr
 
 
+def test_a_placeholder_in_a_pool_does_not_start(tmp_path: Path) -> None:
+    """A placeholder in the second origin of a list, or in a backends file, is refused too."""
+    backends = tmp_path / "backends.toml"
+    backends.write_text(
+        '[[backend]]\nname = "west"\norigin = "https://contoso-west.openai.azure.com"\n'
+        '[[backend]]\nname = "east"\norigin = "https://myresource.openai.azure.com"\n',
+        encoding="utf-8",
+    )
+    credentials = (
+        "AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47\n"
+        "AZURE_CLIENT_ID=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n"
+        "AZURE_CLIENT_SECRET=abc~DEF123\n"
+    )
+    expected = {
+        "FOUNDRY_PROXY_UPSTREAM=https://contoso-ai.openai.azure.com,"
+        "https://myresource.openai.azure.com\n": "  - FOUNDRY_PROXY_UPSTREAM: item 2: ",
+        f"FOUNDRY_PROXY_BACKENDS_FILE={backends}\n": (
+            "  - FOUNDRY_PROXY_BACKENDS_FILE (backends.toml): backend 2 (east): origin "
+        ),
+    }
+    env_file = tmp_path / "config.env"
+    for line, named in expected.items():
+        env_file.write_text(line + credentials, encoding="utf-8")
+        result = run_proxy(["--env-file", str(env_file), "--port", "0"], clean_environment())
+        assert result.returncode == 2, result.stderr
+        listed = [x for x in result.stderr.splitlines() if x.startswith("  - ")]
+        assert listed == [
+            named + "still the example's placeholder (the resource name "
+            "myresource): set the endpoint shown on your resource's Keys and "
+            "Endpoint page (origin only)"
+        ]
+        assert "listening on" not in result.stdout + result.stderr
+
+
 def test_a_misspelt_secret_name_in_the_env_file_is_named(tmp_path: Path) -> None:
     env_file = tmp_path / "config.env"
     env_file.write_text(

@@ -259,6 +259,106 @@ def test_placeholders_in_the_environment_are_refused_too(monkeypatch: pytest.Mon
     assert [p.split(":")[0] for p in info.value.placeholders] == ["AZURE_TENANT_ID"]
 
 
+UPSTREAM_PLACEHOLDER = (
+    "still the example's placeholder (the resource name myresource): set the endpoint shown on "
+    "your resource's Keys and Endpoint page (origin only)"
+)
+CREDENTIALS = {"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": "abc~DEF123"}
+
+
+@pytest.mark.parametrize(
+    ("upstream", "items"),
+    [
+        ("https://contoso-ai.openai.azure.com, https://myresource.openai.azure.com", [2]),
+        ("https://myresource.services.ai.azure.com,https://contoso-ai.openai.azure.com", [1]),
+        (
+            "https://contoso-ai.openai.azure.com,https://myresource.openai.azure.com,"
+            "https://myresource.cognitiveservices.azure.com",
+            [2, 3],
+        ),
+    ],
+)
+def test_each_item_of_an_upstream_list_is_checked_for_the_placeholder(
+    upstream: str, items: list[int]
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(upstream=upstream, **CREDENTIALS)
+    assert info.value.placeholders == [
+        f"FOUNDRY_PROXY_UPSTREAM: item {n}: {UPSTREAM_PLACEHOLDER}" for n in items
+    ]
+    assert info.value.problems == info.value.placeholders
+
+
+def test_an_upstream_list_of_real_origins_passes() -> None:
+    settings = load_settings(
+        upstream="https://myresource2.openai.azure.com,https://prod-myresource.openai.azure.com",
+        **CREDENTIALS,
+    )
+    assert settings.pool is not None
+    assert len(settings.pool.backends) == 2
+
+
+BACKENDS = """
+[[backend]]
+name = "west"
+origin = "https://contoso-west.openai.azure.com"
+
+[[backend]]
+name = "east"
+origin = "https://myresource.services.ai.azure.com"
+
+[[backend]]
+origin = "https://myresource.openai.azure.com"
+"""
+
+
+def test_each_backend_of_a_backends_file_is_checked_for_the_placeholder(tmp_path: Path) -> None:
+    path = tmp_path / "backends.toml"
+    path.write_text(BACKENDS, encoding="utf-8")
+    with pytest.raises(SettingsError) as info:
+        load_settings(backends_file=path, **CREDENTIALS)
+    where = "FOUNDRY_PROXY_BACKENDS_FILE (backends.toml)"
+    assert info.value.placeholders == [
+        f"{where}: backend 2 (east): origin {UPSTREAM_PLACEHOLDER}",
+        f"{where}: backend 3: origin {UPSTREAM_PLACEHOLDER}",
+    ]
+    # The third backend has no name, which the file's own check reports beside it.
+    assert [p for p in info.value.problems if p not in info.value.placeholders] == [
+        f"{where}: backend 3: name is required: 1-32 lower-case letters, digits, '-' or '_' "
+        "(it names the backend in logs and metrics)"
+    ]
+
+
+def test_a_backends_file_placeholder_is_found_from_an_env_file(tmp_path: Path) -> None:
+    backends = tmp_path / "pool.toml"
+    backends.write_text(
+        '[[backend]]\nname = "only"\norigin = "https://MyResource.openai.azure.us/"\n',
+        encoding="utf-8",
+    )
+    path = env_file(
+        tmp_path,
+        f"FOUNDRY_PROXY_BACKENDS_FILE={backends}\nAZURE_TENANT_ID={TENANT}\n"
+        f"AZURE_CLIENT_ID={CLIENT_ID}\nAZURE_CLIENT_SECRET=abc~DEF123\n",
+    )
+    with pytest.raises(SettingsError) as info:
+        load_settings(path)
+    assert info.value.placeholders == [
+        f"FOUNDRY_PROXY_BACKENDS_FILE (pool.toml): backend 1 (only): origin {UPSTREAM_PLACEHOLDER}"
+    ]
+
+
+def test_an_unreadable_backends_file_is_reported_once_not_as_a_placeholder(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[[backend]\norigin = "https://myresource.openai.azure.com"\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(backends_file=path, **CREDENTIALS)
+    assert info.value.placeholders == []
+    [problem] = info.value.problems
+    assert problem.startswith("FOUNDRY_PROXY_BACKENDS_FILE (broken.toml): is not valid TOML")
+
+
 # --- one format for a list of problems --------------------------------------------------------
 
 
