@@ -13,7 +13,9 @@ bounds"); ``ListenerLimits`` (listener_limits.py) carries them, from the setting
   hands them over: a request that finds it spent is answered 503 and closed;
 - trailer fields of a chunked body are dropped (RFC 9112 section 7.1.2 forbids merging them
   into the header section; uvicorn appended them to the request's headers) and bounded like
-  a head.
+  a head;
+- a request target is origin-form, or absolute-form naming this proxy, which becomes
+  origin-form; anything a forward proxy is sent is refused (listener_target.py).
 
 The parser is pinned to httptools (llhttp): it refuses obs-fold, conflicting Content-Length and
 malformed chunked framing (docs/security.md, "HTTP parsers"); Content-Length together with
@@ -35,6 +37,7 @@ from proxy.cycle_transport import CycleTransport
 from proxy.listener_deadlines import ConnectionDeadlines
 from proxy.listener_limits import ListenerLimits
 from proxy.listener_pipeline import PIPELINE_SLACK, PipelineFeed
+from proxy.listener_target import TargetForms, not_a_forward_proxy
 
 
 def parser_in_use() -> str:
@@ -44,7 +47,7 @@ def parser_in_use() -> str:
     return f"httptools {httptools.__version__} (llhttp)"
 
 
-class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
+class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, TargetForms):
     """HttpToolsProtocol with the bounds of ListenerLimits, read from the server's config
     (uvicorn makes one protocol instance per connection)."""
 
@@ -61,6 +64,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
         self._head_bytes = 0  # bytes received since the head began (reads, coarse)
         self._head_size = 0  # bytes of the head parsed so far (exact)
         self._oversized = False
+        self._target_refused = False  # the target names another server (a forward proxy's)
         self._chunk_empty = False  # a chunk header parsed and no data since: trailers follow
         self._trailer_bytes = 0
         self._held = b""  # pipelined input past the depth, parsed once answers catch up
@@ -218,11 +222,6 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
     # from one stops the parser, and uvicorn answers through send_400_response (below).
     def on_url(self, url: bytes) -> None:
         self._grow(len(url))
-        if not self.url and not url.startswith(b"/"):
-            # Absolute-form ("http://host/x"), authority-form (CONNECT) and "*" targets: a
-            # reverse proxy serves origin-form only (RFC 9112 section 3.2), and a target naming
-            # another host must never look like a path of ours (docs/security.md, A6 and A7).
-            raise ValueError("request target is not in origin form")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -241,6 +240,11 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to anything the parser refused, in the proxy's error shape.
+        if self._target_refused:
+            self._refuse(
+                400, "Bad Request", "not_a_forward_proxy", not_a_forward_proxy(self.server)
+            )
+            return
         if self._oversized:
             self._refuse(
                 431,
@@ -259,6 +263,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
+        self._to_origin_form()
         other_upgrade = self.parser.should_upgrade() and not self._should_upgrade()
         if other_upgrade and any(
             (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
