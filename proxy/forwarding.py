@@ -27,6 +27,7 @@ from proxy.backends import Backend, all_cooling_down
 from proxy.budget import HELD_KEY
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
+from proxy.listener_limits import ANSWERED_KEY
 from proxy.metrics import Exchange
 from proxy.replies import ErrorReply, send_error, token_unavailable, too_large, upstream_failure
 from proxy.response_relay import answer, token_rejected, unsent
@@ -85,6 +86,8 @@ class Forwarder:
         finally:
             self.in_flight -= 1
             x.ended = time.perf_counter()
+            if not x.status:  # the listener may have answered for us (listener_limits.py)
+                x.status = scope.get(ANSWERED_KEY, 0)
             tap.finish()
             if self._rt.metrics is not None:
                 self._rt.metrics.observe(x)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.listener_limits import ListenerLimits
+from proxy.listener_limits import ANSWERED_KEY, ListenerLimits
 from proxy.replies import error_body
 
 # How long input is read and discarded after the answer on a connection being closed while
@@ -201,6 +201,7 @@ class ConnectionDeadlines:
             # The request is with the app, which has not answered yet (a bad chunk in its
             # body, say): answer for it, and let it see a disconnect from now on.
             cycle.disconnected = True
+            cycle.scope[ANSWERED_KEY] = status
             cycle.message_event.set()
             self.transport.write(reply(status, reason, code, message, extra))
         self._close()

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("foundry_proxy")
 
+# The scope key under which the listener leaves the status it answered a request with itself
+# while the app had the request (a body too slow, a bad chunk, the body budget spent): the app
+# never started that response, and records this status for it (access log, metrics).
+ANSWERED_KEY = "foundry_proxy.listener_answered"
+
 
 class Notices:
     """Warnings about limits that bite, at most one line per kind every ``every`` seconds (with
