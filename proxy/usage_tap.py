@@ -7,6 +7,7 @@ waits until the answer has gone out.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from starlette.types import Message, Send
 
@@ -39,6 +40,8 @@ class UsageTap:
         "_metrics",
         "_send",
         "_stream",
+        "_tail",
+        "_tail_size",
         "_wants_model",
         "request_body",
         "x",
@@ -49,7 +52,12 @@ class UsageTap:
         self._send = send
         self._metrics = metrics
         self._wants_model = wants_model  # metrics or the access log will read x.model
-        self._kept = bytearray()
+        self._kept = bytearray()  # a JSON answer's bytes (bounded as usage.from_json reads them)
+        # A stream's last chunks, as the upstream sent them: references, not copies. A
+        # bytearray trimmed from the front keeps its whole allocation, ~9 KiB a stream; the
+        # chunks themselves are ~4-5 KiB (the 1,000-slow-streams bench, BENCHMARKS.md).
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
         self._head: bytearray | None = None  # a Claude stream's first bytes (message_start)
         self._json = self._stream = False
         self.request_body: bytes | None = None
@@ -67,9 +75,8 @@ class UsageTap:
                 head = self._head
                 if head is not None and len(head) < STREAM_HEAD:
                     head += body[: STREAM_HEAD - len(head)]
-                self._kept += body
-                if len(self._kept) > 2 * STREAM_TAIL:
-                    del self._kept[:-STREAM_TAIL]
+                if body:
+                    self._keep_tail(body)
             elif self._json:
                 # Whole while small; past that a bounded head and tail (usage.from_json).
                 self._kept += body
@@ -80,6 +87,17 @@ class UsageTap:
                     self._head = self._kept[:JSON_HEAD]
                     del self._kept[:-JSON_TAIL]
         await self._send(message)
+
+    def _keep_tail(self, body: bytes) -> None:
+        """Keep the fewest last chunks that hold STREAM_TAIL bytes (one chunk larger than that
+        is cut to its last STREAM_TAIL bytes)."""
+        if len(body) > STREAM_TAIL:
+            body = body[-STREAM_TAIL:]
+        tail = self._tail
+        tail.append(body)
+        self._tail_size += len(body)
+        while self._tail_size - len(tail[0]) >= STREAM_TAIL:
+            self._tail_size -= len(tail.popleft())
 
     def _inspect(self, headers: list[tuple[bytes, bytes]]) -> None:
         x = self.x
@@ -104,11 +122,13 @@ class UsageTap:
         if self._stream:
             if self._metrics is not None:
                 self._metrics.streams.dec()
+            kept = b"".join(self._tail)
+            self._tail.clear()
             if self._head is not None:
-                self.x.usage = from_anthropic_stream(bytes(self._head), bytes(self._kept))
+                self.x.usage = from_anthropic_stream(bytes(self._head), kept)
                 self._head = None
             else:
-                self.x.usage = from_stream_tail(bytes(self._kept))
+                self.x.usage = from_stream_tail(kept)
         elif self._json and self._kept:
             head = None if self._head is None else bytes(self._head)
             self.x.usage = from_json(bytes(self._kept), head)
