@@ -55,7 +55,8 @@ class UsageTap:
         self._kept = bytearray()  # a JSON answer's bytes (bounded as usage.from_json reads them)
         # A stream's last chunks, as the upstream sent them: references, not copies. A
         # bytearray trimmed from the front keeps its whole allocation, ~9 KiB a stream; the
-        # chunks themselves are ~4-5 KiB (the 1,000-slow-streams bench, BENCHMARKS.md).
+        # chunks themselves are ~4-5 KiB: 1,000 slow streams peaked at 97.8 MB, not 103.4
+        # (bench, same run).
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
         self._head: bytearray | None = None  # a Claude stream's first bytes (message_start)
