@@ -359,9 +359,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_left = self.transport.get_write_buffer_size()
-            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
+        self._start_send_check()
 
     def resume_writing(self) -> None:
         super().resume_writing()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.listener_limits import ANSWERED_KEY, ListenerLimits
+from proxy.listener_limits import ANSWERED_KEY, ListenerLimits, SendDeadline
 from proxy.replies import error_body
 
 # How long input is read and discarded after the answer on a connection being closed while
@@ -37,7 +37,7 @@ def reply(status: int, reason: str, code: str, message: str, extra: str = "") ->
     return head.encode() + body
 
 
-class ConnectionDeadlines:
+class ConnectionDeadlines(SendDeadline):
     """The timers of one connection and its closing; GuardedHttpProtocol sets the state."""
 
     # The protocol's (uvicorn's HttpToolsProtocol and GuardedHttpProtocol's).
@@ -58,8 +58,6 @@ class ConnectionDeadlines:
     _body_timer: asyncio.TimerHandle | None
     _body_bytes: int
     _body_excused: bool
-    _send_timer: asyncio.TimerHandle | None
-    _send_left: int
     _lingering: bool
     _linger_timer: asyncio.TimerHandle | None
 
@@ -136,31 +134,18 @@ class ConnectionDeadlines:
             f"{limits.body_timeout:g} s",
         )
 
-    # -- the send deadline --------------------------------------------------------------------
+    # -- the send deadline (listener_limits.py) ------------------------------------------------
 
-    def _stop_send_check(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+    # A client cut off: uvicorn's connection_lost marks its request disconnected and unblocks
+    # its send(); the forwarder then sees the disconnect and closes the upstream request.
+    _send_notice = (
+        "send",
+        "a client read nothing of its answer for %g s: connection closed and its request "
+        "ended (FOUNDRY_PROXY_SEND_TIMEOUT)",
+    )
 
-    def _send_check(self) -> None:
-        self._send_timer = None
-        if not self.flow.write_paused or self.transport.is_closing():
-            return
-        left = self.transport.get_write_buffer_size()
-        if left < self._send_left:  # the client took some: it is slow, not gone
-            self._send_left = left
-            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
-            return
-        self.limits.notices.warn(
-            "send",
-            "a client read nothing of its answer for %g s: connection closed and its request "
-            "ended (FOUNDRY_PROXY_SEND_TIMEOUT)",
-            self.limits.send_timeout,
-        )
-        # uvicorn's connection_lost marks the request disconnected and unblocks its send();
-        # the forwarder then sees the disconnect and closes the upstream request.
-        self.transport.abort()
+    def _send_blocked(self) -> bool:
+        return bool(self.flow.write_paused) and not self.transport.is_closing()
 
     # -- closing ------------------------------------------------------------------------------
 

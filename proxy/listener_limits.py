@@ -6,6 +6,7 @@ sessions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -87,3 +88,53 @@ class ListenerLimits:
         for the worker processes of ``--workers``)."""
         config.limits = self  # type: ignore[attr-defined]
         return self
+
+
+class SendDeadline:
+    """The send deadline of both listeners' connections (FOUNDRY_PROXY_SEND_TIMEOUT): a client
+    that takes nothing of what is sent to it for ``send_timeout`` seconds is cut off, which
+    ends its request or session. The protocol calls ``_start_send_check`` when its transport
+    pauses writing and ``_stop_send_check`` when it resumes or the connection is lost."""
+
+    # The protocol's.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    limits: ListenerLimits
+    # This part's own (set by the protocol's __init__).
+    _send_timer: asyncio.TimerHandle | None
+    _send_left: int  # bytes the client had not taken at the last check
+    # The warning logged when a client is cut off: its kind and its text (given send_timeout).
+    _send_notice: tuple[str, str]
+
+    def _send_blocked(self) -> bool:
+        """Whether the answer is still waiting for the client to take it."""
+        raise NotImplementedError
+
+    def _took_some(self, left: int) -> bool:
+        """Whether the client took some of the answer since the last check: slow, not gone."""
+        return left < self._send_left
+
+    def _start_send_check(self) -> None:
+        if self._send_timer is None:
+            self._send_left = self.transport.get_write_buffer_size()
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
+
+    def _stop_send_check(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_check(self) -> None:
+        self._send_timer = None
+        if not self._send_blocked():
+            return
+        left = self.transport.get_write_buffer_size()
+        if self._took_some(left):
+            self._send_left = left
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
+            return
+        kind, message = self._send_notice
+        self.limits.notices.warn(kind, message, self.limits.send_timeout)
+        # The protocol's connection_lost tells the request or session, which closes its
+        # upstream side.
+        self.transport.abort()

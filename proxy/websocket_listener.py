@@ -24,7 +24,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from proxy.budget import BUDGET_KEY, BodyBudget, HeldBody
-from proxy.listener_limits import ListenerLimits
+from proxy.listener_limits import ListenerLimits, SendDeadline
 
 # A message being written upstream is held three times over: as the relay has it, as aiohttp
 # masks a copy of it (RFC 6455 section 5.3) and as the upstream socket's buffer has what is not
@@ -37,7 +37,7 @@ _PARSE_COPIES = 2
 _CLOSE_GRACE = 1.0
 
 
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol, SendDeadline):
     def __init__(
         self,
         config: Config,
@@ -137,35 +137,24 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # -- the send deadline -----------------------------------------------------------------------
 
+    # A client cut off: connection_lost tells the relay (its send() raises), which closes the
+    # upstream.
+    _send_notice = (
+        "ws-send",
+        "a Realtime client read nothing for %g s: its session was ended "
+        "(FOUNDRY_PROXY_SEND_TIMEOUT)",
+    )
+
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_left = self.transport.get_write_buffer_size()
-            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
+        self._start_send_check()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._stop_send_check()
 
-    def _stop_send_check(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+    def _send_blocked(self) -> bool:
+        return not self.writable.is_set()
 
-    def _send_check(self) -> None:
-        self._send_timer = None
-        if self.writable.is_set():
-            return
-        left = self.transport.get_write_buffer_size()
-        if 0 < left < self._send_left:  # the client took some: slow, not gone
-            self._send_left = left
-            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
-            return
-        self.limits.notices.warn(
-            "ws-send",
-            "a Realtime client read nothing for %g s: its session was ended "
-            "(FOUNDRY_PROXY_SEND_TIMEOUT)",
-            self.limits.send_timeout,
-        )
-        # connection_lost tells the relay (its send() raises), which closes the upstream.
-        self.transport.abort()
+    def _took_some(self, left: int) -> bool:
+        return 0 < left < self._send_left
