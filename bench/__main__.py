@@ -303,12 +303,35 @@ http {{
         self.get(fp, "/v1/chat/completions", "POST", b'{"model":"gpt-4o-mini","messages":[]}')
         time.sleep(1)
         self.idle_rss = rss_mb([proxy.pid])
+        self.stack_rss = self.stack_floor()
         self.importtime = import_summary(self.logs[proxy.pid])
         return [
             Variant("direct", f"http://127.0.0.1:{up}/openai/v1", None),
             Variant("nginx", f"http://127.0.0.1:{ngx}/v1", nginx_proxy),
             Variant("foundry-proxy", f"http://127.0.0.1:{fp}/v1", proxy),
         ]
+
+    def stack_floor(self) -> float | None:
+        """RSS of a fresh interpreter that imports only the packages the design requires
+        (the server, the upstream client, settings, the framework, the token client) and no
+        module of foundry-proxy: the floor under the proxy's idle figure."""
+        done = subprocess.run(
+            [
+                self.python,
+                "-c",
+                "import uvloop, uvicorn, aiohttp, pydantic_settings, starlette, httpx2, cachetools"
+                "\nprint(next(l.split()[1] for l in open('/proc/self/status') "
+                "if l.startswith('VmRSS:')))",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            self.skipped["required-stack floor"] = done.stderr.strip()[-300:]
+            return None
+        return int(done.stdout.strip()) / 1024
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -641,6 +664,7 @@ http {{
             "medians": medians,
             "identical": identical,
             "idle_rss_mb": self.idle_rss,
+            "stack_rss_mb": self.stack_rss,
             "workers": scaling,
             "observability": observability,
             "litellm": litellm,
@@ -825,6 +849,13 @@ def report(
             "",
         ),
         ("idle RSS after one request (MB)", "-", "-", _f(result["idle_rss_mb"], 1), ""),
+        (
+            "required packages imported alone, no proxy module: RSS (MB)",
+            "-",
+            "-",
+            _f(result.get("stack_rss_mb"), 1),
+            "the floor",
+        ),
         (
             "failed or non-2xx requests (all tests)",
             _f(_errors(m, d)),

@@ -32,6 +32,7 @@ def test_tiny_benchmark_produces_the_table(tmp_path: Path) -> None:
         "req/s, c=256",
         "delayed stream: time to first byte",
         "slow streams: completed",
+        "required packages imported alone, no proxy module: RSS (MB) | - | - | ",
         "bodies byte-identical to direct |  | True | True |",
         # A harness that measures error pages measures nothing.
         "failed or non-2xx requests (all tests) | 0 | 0 | 0 |",
