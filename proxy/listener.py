@@ -63,10 +63,11 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         self._body_left = 0  # Content-Length bytes of the current body not parsed yet
         self._head_bytes = 0  # bytes received since the head began (reads, coarse)
         self._head_size = 0  # bytes of the head parsed so far (exact)
-        self._oversized = False
+        self._oversized = ""  # what grew past max_header_bytes: the head, or the trailers
         self._target_refused = False  # the target names another server (a forward proxy's)
         self._chunk_empty = False  # a chunk header parsed and no data since: trailers follow
-        self._trailer_bytes = 0
+        self._trailer_size = 0  # bytes of the trailer fields parsed so far (exact)
+        self._trailer_partial = 0  # bytes of a trailer field httptools holds until it ends
         self._held = b""  # pipelined input past the depth, parsed once answers catch up
         self._discarding = False  # input is read and dropped from now on
         self._lingering = False
@@ -155,7 +156,6 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         stop (which is no malformed request)."""
         if self._in_head:
             self._head_bytes += len(data)
-        in_trailers = self._chunk_empty
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -175,23 +175,30 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         # Checked after parsing: a head followed by its body in one read is fine; a head still
         # incomplete after this many bytes is not.
         if self._in_head and self._head_bytes > self.max_header_bytes:
-            self._refuse(
-                431,
-                "Request Header Fields Too Large",
-                "header_too_large",
-                f"the request head is larger than {self.max_header_bytes} bytes",
-            )
-        elif in_trailers and self._chunk_empty:
-            # Still after the last chunk's header: trailer fields, which httptools buffers
-            # until each is complete. Bounded like a head.
-            self._trailer_bytes += len(data)
-            if self._trailer_bytes > self.max_header_bytes:
-                self._refuse(
-                    431,
-                    "Request Header Fields Too Large",
-                    "header_too_large",
-                    f"the trailer section is larger than {self.max_header_bytes} bytes",
-                )
+            self._too_large("request head")
+        elif self._chunk_empty:
+            # After a chunk's header and no data since: in the last chunk's trailer section,
+            # or before a chunk's data. httptools hands a trailer field over (on_header,
+            # counted there) only once the next one begins, and holds it until then: this
+            # read's last line, ended or not, with the bytes of earlier reads when it began
+            # in one. (Before a chunk's data, that line is the chunk's header: a few bytes.)
+            tail = memoryview(data)[-(self.max_header_bytes + 1) :]
+            ended = bool(tail) and tail[-1] == 0x0A
+            line_start = bytes(tail[: len(tail) - ended]).rfind(b"\n") + 1
+            if line_start:
+                self._trailer_partial = len(tail) - line_start
+            else:
+                self._trailer_partial += len(tail)
+            if self._trailer_size + self._trailer_partial > self.max_header_bytes:
+                self._too_large("trailer section")
+
+    def _too_large(self, what: str) -> None:
+        self._refuse(
+            431,
+            "Request Header Fields Too Large",
+            "header_too_large",
+            f"the {what} is larger than {self.max_header_bytes} bytes",
+        )
 
     def on_response_complete(self) -> None:
         if self._held_bodies:
@@ -227,7 +234,13 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             # A trailer field: never one of the request's header fields (RFC 9112 section
-            # 7.1.2), so it can neither carry an inbound key nor reach the upstream.
+            # 7.1.2), so it can neither carry an inbound key nor reach the upstream. Dropped,
+            # and bounded like a head however the section arrives (one read or many).
+            self._trailer_size += len(name) + len(value) + 4
+            self._trailer_partial = 0
+            if self._trailer_size > self.max_header_bytes:
+                self._oversized = "trailer section"
+                raise ValueError("trailer section too large")
             return
         self._grow(len(name) + len(value) + 4)
         super().on_header(name, value)
@@ -235,7 +248,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
     def _grow(self, size: int) -> None:
         self._head_size += size
         if self._head_size > self.max_header_bytes:
-            self._oversized = True
+            self._oversized = "request head"
             raise ValueError("request head too large")
 
     def send_400_response(self, msg: str) -> None:
@@ -246,12 +259,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
             )
             return
         if self._oversized:
-            self._refuse(
-                431,
-                "Request Header Fields Too Large",
-                "header_too_large",
-                f"the request head is larger than {self.max_header_bytes} bytes",
-            )
+            self._too_large(self._oversized)
             return
         self._refuse(400, "Bad Request", "invalid_request", "malformed or unsupported request")
 
@@ -302,7 +310,6 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         self._body_left -= len(body)
         self._body_bytes += len(body)
         self._chunk_empty = False
-        self._trailer_bytes = 0
         held = self._held_body
         if held is not None and not self.cycle.response_complete and not held.add(len(body)):
             self._over_budget()
@@ -314,7 +321,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
 
     def on_chunk_header(self) -> None:
         self._chunk_empty = True
-        self._trailer_bytes = 0
+        self._trailer_size = self._trailer_partial = 0
 
     def on_chunk_complete(self) -> None:
         self._chunk_empty = False

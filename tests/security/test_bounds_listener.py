@@ -8,6 +8,7 @@ bound it is testing, so a failing run never takes the machine down. Figures are 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -279,6 +280,79 @@ def test_huge_trailer_section_is_refused(keyed: Stack, evil: EvilListeners) -> N
     ex = exchange(keyed.proxy.port, [first, *endless], pause=0.01, timeout=10)
     assert ex.statuses == [431], ex.text[:500]
     assert ex.closed
+    assert_healthy(keyed, evil)
+
+
+def _one_write(port: int, pieces: list[bytes]) -> bytes:
+    """Each piece in one sendall (0.3 s apart), then everything the proxy sends until it
+    closes; a reset raises."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(0.3)
+            sock.sendall(piece)
+        data = b""
+        while part := sock.recv(65536):
+            data += part
+    return data
+
+
+# 80 KiB of trailer fields, past the default FOUNDRY_PROXY_MAX_HEADER_BYTES (64 KiB): many
+# fields, or one.
+_MANY_FIELDS = b"".join(b"X-T-%04d: %s\r\n" % (i, b"v" * 66) for i in range(1000))
+_ONE_FIELD = b"X-Big: " + b"a" * 80 * 1024 + b"\r\n"
+
+
+@pytest.mark.parametrize("fields", [_MANY_FIELDS, _ONE_FIELD], ids=["many-fields", "one-field"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "trailers-apart"])
+def test_trailer_section_arriving_whole_is_refused(
+    keyed: Stack, evil: EvilListeners, fields: bytes, split: bool
+) -> None:
+    """A trailer section past the bound is refused however it arrives: here whole, in one
+    write (with the request, or after its body), not only trickling in."""
+    assert keyed.proxy is not None
+    assert len(fields) > 64 * 1024
+    first, rest = _chunked_with_trailer(True, fields)
+    pieces = [first, rest] if split else [first + rest]
+    before = len(keyed.foundry.journal)
+    data = _one_write(keyed.proxy.port, pieces)
+    (answer,) = parse_responses(data, closed=True)
+    assert answer.status == 431, data[:500]
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "header_too_large"
+    assert "trailer section" in error["message"]
+    assert len(keyed.foundry.journal) == before, "the refused request reached the upstream"
+    assert_healthy(keyed, evil)
+
+
+def test_trailer_section_under_the_bound_is_dropped(keyed: Stack, evil: EvilListeners) -> None:
+    """The bound counts the trailer fields, not the reads that carry them: 60 KiB of them in
+    one write (and 256 KiB of chunk data whose reads end at chunk headers) pass, and no
+    trailer field reaches the upstream."""
+    assert keyed.proxy is not None
+    head = request(
+        f"POST {CHAT_PATH} HTTP/1.1",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+        f"api-key: {KEY}",
+    )
+    body = chat_body(padding="p" * 256 * 1024)
+    size = 64 * 1024
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    # Each write ends just after the next chunk's header, its data in the next write.
+    pieces = [head + f"{len(parts[0]):x}\r\n".encode()]
+    for part, after in zip(parts, [*parts[1:], b""], strict=True):
+        pieces.append(part + f"\r\n{len(after):x}\r\n".encode())
+    fields = b"".join(b"X-T-%04d: %s\r\n" % (i, b"v" * 66) for i in range(750))
+    assert 56 * 1024 < len(fields) < 62 * 1024
+    pieces.append(fields + b"X-Forwarded-For: 10.9.9.9\r\n\r\n")
+    before = len(keyed.foundry.journal)
+    ex = exchange(keyed.proxy.port, pieces, pause=0.3, timeout=10)
+    assert ex.statuses == [200], ex.text[:500]
+    (entry,) = keyed.foundry.journal[before:]
+    assert (entry.body_len, entry.body_sha256) == (len(body), hashlib.sha256(body).hexdigest())
+    assert entry.header("x-t-0000") == []
+    assert entry.header("x-forwarded-for") == []
     assert_healthy(keyed, evil)
 
 
