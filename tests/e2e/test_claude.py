@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import anthropic
@@ -24,11 +25,23 @@ pytestmark = pytest.mark.e2e
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello Claude through the proxy"}]
 
 
-def claude(url: str, **kwargs: Any) -> anthropic.Anthropic:
-    """The SDK as its users write it: the proxy's /anthropic as base URL, any api_key."""
-    return anthropic.Anthropic(
-        base_url=url + "/anthropic", api_key="any-local-value", max_retries=0, **kwargs
-    )
+#: Makes the SDK client as its users write it: the proxy's /anthropic as base URL, any api_key.
+Claude = Callable[..., anthropic.Anthropic]
+
+
+@pytest.fixture
+def claude() -> Iterator[Claude]:
+    """``claude(url, **kwargs)`` for a test; every client it made is closed when the test ends,
+    whatever its outcome (a client left to the garbage collector keeps its sockets open)."""
+    with ExitStack() as made:
+
+        def make(url: str, **kwargs: Any) -> anthropic.Anthropic:
+            client = anthropic.Anthropic(
+                base_url=url + "/anthropic", api_key="any-local-value", max_retries=0, **kwargs
+            )
+            return made.enter_context(client)
+
+        yield make
 
 
 def _series(text: str, name: str, **labels: str) -> float:
@@ -73,11 +86,12 @@ def _sent_upstream(entry: Entry) -> None:
     assert entry.header("x-api-key") == []
     assert entry.header("api-key") == []
     assert "any-local-value" not in repr(entry.headers)
-    version = anthropic.Anthropic(api_key="x").default_headers["anthropic-version"]
+    with anthropic.Anthropic(api_key="x") as sdk:
+        version = sdk.default_headers["anthropic-version"]
     assert entry.header("anthropic-version") == [version]
 
 
-def test_messages(stack: Stack) -> None:
+def test_messages(stack: Stack, claude: Claude) -> None:
     client = claude(stack.url)
     message = client.messages.create(
         model="claude-sonnet-4-5",
@@ -97,7 +111,7 @@ def test_messages(stack: Stack) -> None:
     assert entry.header("anthropic-beta") == ["prompt-caching-2024-07-31,context-1m-2025-08-07"]
 
 
-def test_max_tokens_cuts_the_answer(stack: Stack) -> None:
+def test_max_tokens_cuts_the_answer(stack: Stack, claude: Claude) -> None:
     message = claude(stack.url).messages.create(
         model="claude-sonnet-4-5", max_tokens=1, messages=MESSAGES
     )
@@ -105,7 +119,9 @@ def test_max_tokens_cuts_the_answer(stack: Stack) -> None:
     assert message.usage.output_tokens == 1
 
 
-def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: Stack) -> None:
+def test_stream_arrives_event_by_event_while_upstream_is_still_writing(
+    stack: Stack, claude: Claude
+) -> None:
     client = claude(stack.url)
     delay = 0.5
     arrivals: list[float] = []
@@ -143,7 +159,7 @@ def test_stream_arrives_event_by_event_while_upstream_is_still_writing(stack: St
             assert any(-0.1 < got - sent < 0.4 for got in arrivals), f"held back: {data!r}"
 
 
-def test_count_tokens_matches_the_messages_usage(stack: Stack) -> None:
+def test_count_tokens_matches_the_messages_usage(stack: Stack, claude: Claude) -> None:
     client = claude(stack.url)
     system = "You are terse."
     counted = client.messages.count_tokens(
@@ -157,14 +173,14 @@ def test_count_tokens_matches_the_messages_usage(stack: Stack) -> None:
     _sent_upstream(entry)
 
 
-def test_a_bad_request_reaches_the_sdk_as_its_error(stack: Stack) -> None:
+def test_a_bad_request_reaches_the_sdk_as_its_error(stack: Stack, claude: Claude) -> None:
     client = claude(stack.url)
     with pytest.raises(anthropic.BadRequestError) as bad:
         client.messages.create(model="claude-sonnet-4-5", max_tokens=0, messages=MESSAGES)
     assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
 
 
-def test_usage_is_counted_in_metrics_and_the_access_log(fresh_stack: Stack) -> None:
+def test_usage_is_counted_in_metrics_and_the_access_log(fresh_stack: Stack, claude: Claude) -> None:
     s = fresh_stack
     proxy = s.start_proxy()
     client = claude(s.url)
@@ -210,7 +226,9 @@ def test_usage_is_counted_in_metrics_and_the_access_log(fresh_stack: Stack) -> N
     assert count_line["model"] == "claude-usage-count"
 
 
-def test_a_rejected_token_is_refreshed_and_the_claude_call_replayed(fresh_stack: Stack) -> None:
+def test_a_rejected_token_is_refreshed_and_the_claude_call_replayed(
+    fresh_stack: Stack, claude: Claude
+) -> None:
     s = fresh_stack
     s.start_proxy()
     client = claude(s.url)
@@ -223,7 +241,7 @@ def test_a_rejected_token_is_refreshed_and_the_claude_call_replayed(fresh_stack:
     assert last_two[0].body_sha256 == last_two[1].body_sha256
 
 
-def test_tokens_roll_over_under_a_long_claude_stream(fresh_stack: Stack) -> None:
+def test_tokens_roll_over_under_a_long_claude_stream(fresh_stack: Stack, claude: Claude) -> None:
     """A 3 s token under a stream of ~5 s and calls around it: the stream is not cut when its
     token expires, and the calls after it go with a fresh token."""
     s = fresh_stack
@@ -257,7 +275,9 @@ def default_policy() -> Iterator[Stack]:
     yield from serving(s)
 
 
-def test_the_default_policy_serves_messages_and_count_tokens(default_policy: Stack) -> None:
+def test_the_default_policy_serves_messages_and_count_tokens(
+    default_policy: Stack, claude: Claude
+) -> None:
     client = claude(default_policy.url)
     assert client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES).content
     assert client.messages.count_tokens(model="claude-x", messages=MESSAGES).input_tokens == 5
@@ -271,13 +291,15 @@ def test_the_default_policy_serves_messages_and_count_tokens(default_policy: Sta
 def test_the_sdk_without_anthropic_in_its_base_url_is_told_what_to_use(
     default_policy: Stack,
 ) -> None:
-    client = anthropic.Anthropic(base_url=default_policy.url, api_key="x", max_retries=0)
-    with pytest.raises(anthropic.NotFoundError) as missing:
+    with (
+        anthropic.Anthropic(base_url=default_policy.url, api_key="x", max_retries=0) as client,
+        pytest.raises(anthropic.NotFoundError) as missing,
+    ):
         client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES)
     assert f"base URL to {default_policy.url}/anthropic " in str(missing.value)
 
 
-def test_the_demo_serves_claude() -> None:
+def test_the_demo_serves_claude(claude: Claude) -> None:
     demo = Demo("--token-delay", "0.05")
     try:
         client = claude(demo.url)
@@ -300,7 +322,9 @@ def test_the_demo_serves_claude() -> None:
         demo.stop()
 
 
-def test_claude_code_gateway_settings_with_an_inbound_key(fresh_stack: Stack) -> None:
+def test_claude_code_gateway_settings_with_an_inbound_key(
+    fresh_stack: Stack, claude: Claude
+) -> None:
     """Claude Code's gateway settings (docs/claude.md) against a proxy that requires a key:
     ANTHROPIC_AUTH_TOKEN arrives as Authorization: Bearer, ANTHROPIC_API_KEY as x-api-key;
     both are checked and neither goes upstream. Its calls carry ?beta=true and anthropic-beta."""
@@ -309,31 +333,37 @@ def test_claude_code_gateway_settings_with_an_inbound_key(fresh_stack: Stack) ->
     s.env["FOUNDRY_PROXY_API_KEYS"] = key
     s.start_proxy()
     base = s.url + "/anthropic"
-    as_auth_token = anthropic.Anthropic(base_url=base, auth_token=key, api_key=None, max_retries=0)
-    as_api_key = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
     betas = "claude-code-20250219,interleaved-thinking-2025-05-14"
-    for client in (as_auth_token, as_api_key):
-        answer = client.messages.create(
-            model="claude-sonnet-4-5",
-            max_tokens=8,
-            messages=MESSAGES,
-            extra_query={"beta": "true"},
-            extra_headers={"anthropic-beta": betas},
-        )
-        assert answer.content
-        entry = s.foundry.entries("/anthropic/v1/messages")[-1]
-        _sent_upstream(entry)
-        assert entry.query == "beta=true"
-        assert entry.header("anthropic-beta") == [betas]
-        assert key not in repr(entry.headers)
-        assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=MESSAGES)
+    with (
+        anthropic.Anthropic(
+            base_url=base, auth_token=key, api_key=None, max_retries=0
+        ) as as_auth_token,
+        anthropic.Anthropic(base_url=base, api_key=key, max_retries=0) as as_api_key,
+    ):
+        for client in (as_auth_token, as_api_key):
+            answer = client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=8,
+                messages=MESSAGES,
+                extra_query={"beta": "true"},
+                extra_headers={"anthropic-beta": betas},
+            )
+            assert answer.content
+            entry = s.foundry.entries("/anthropic/v1/messages")[-1]
+            _sent_upstream(entry)
+            assert entry.query == "beta=true"
+            assert entry.header("anthropic-beta") == [betas]
+            assert key not in repr(entry.headers)
+            assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=MESSAGES)
     with pytest.raises(anthropic.AuthenticationError) as refused:
         claude(s.url).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MESSAGES)
     said = _proxy_said(refused.value, "authentication_error", "invalid_api_key")
     assert said.startswith("foundry-proxy requires an inbound key")
 
 
-def test_the_proxys_refusals_reach_the_sdk_as_its_errors(default_policy: Stack) -> None:
+def test_the_proxys_refusals_reach_the_sdk_as_its_errors(
+    default_policy: Stack, claude: Claude
+) -> None:
     """What the proxy itself refuses on /anthropic/ comes in Anthropic's error shape, so the SDK
     raises the exception a Claude caller handles, with the proxy's message."""
     client = claude(default_policy.url)
@@ -356,7 +386,9 @@ def test_the_proxys_refusals_reach_the_sdk_as_its_errors(default_policy: Stack) 
     assert len(default_policy.foundry.journal) == before, "a refused call reached the upstream"
 
 
-def test_the_proxys_failures_reach_the_sdk_as_its_errors(fresh_stack: Stack) -> None:
+def test_the_proxys_failures_reach_the_sdk_as_its_errors(
+    fresh_stack: Stack, claude: Claude
+) -> None:
     """413 (FOUNDRY_PROXY_MAX_BODY_BYTES) and an upstream that cannot be reached (502), in
     Anthropic's shape."""
     s = fresh_stack
@@ -384,8 +416,10 @@ def test_no_token_reaches_the_sdk_as_overloaded(fresh_stack: Stack) -> None:
     s = fresh_stack
     s.env["AZURE_CLIENT_SECRET"] = "not-the-secret-entra-knows"
     s.start_proxy(ready=False)
-    client = anthropic.Anthropic(base_url=s.url + "/anthropic", api_key="x", max_retries=2)
-    with pytest.raises(anthropic.ServiceUnavailableError) as unavailable:
+    with (
+        anthropic.Anthropic(base_url=s.url + "/anthropic", api_key="x", max_retries=2) as client,
+        pytest.raises(anthropic.ServiceUnavailableError) as unavailable,
+    ):
         client.messages.create(model="claude-x", max_tokens=4, messages=MESSAGES)
     said = _proxy_said(unavailable.value, "overloaded_error", "token_unavailable")
     assert said.startswith("foundry-proxy has no Entra ID token")
