@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import httpx2
@@ -24,11 +24,16 @@ pytestmark = pytest.mark.e2e
 
 PROXY_URL = r"^\s+proxy\s+(http://127\.0\.0\.1:\d+)"
 
+_C = TypeVar("_C", bound=openai.OpenAI)
+
 
 class Demo:
     """``foundry-proxy demo --port 0`` in a process group of its own, ready to serve."""
 
     def __init__(self, *args: str) -> None:
+        # SDK clients made for this demo, closed when it stops: one left to the garbage
+        # collector keeps its pooled sockets open.
+        self.clients: list[openai.OpenAI] = []
         self.child = Child(
             [sys.executable, "-m", "proxy", "demo", "--port", "0", *args],
             env=clean_environment(),
@@ -51,10 +56,20 @@ class Demo:
     def err(self) -> list[str]:
         return self.child.err
 
+    def keep(self, client: _C) -> _C:
+        """``client``, to be closed when the demo stops."""
+        self.clients.append(client)
+        return client
+
     def stop(self, sig: int = signal.SIGINT) -> tuple[int, float]:
-        """Stop with ``sig`` as a user would; the exit code and how long it took."""
-        started = time.monotonic()
-        code = self.child.stop(sig, timeout=15)
+        """Stop with ``sig`` as a user would (the clients kept for it closed first); the exit
+        code and how long it took."""
+        try:
+            for client in self.clients:
+                client.close()
+        finally:
+            started = time.monotonic()
+            code = self.child.stop(sig, timeout=15)
         return code, time.monotonic() - started
 
 
@@ -68,15 +83,15 @@ def demo() -> Iterator[Demo]:
 
 
 def test_demo_streams_a_chat_completion_and_stops_on_ctrl_c(demo: Demo) -> None:
-    client = openai.OpenAI(base_url=demo.url + "/v1", api_key="unused", max_retries=0)
     arrivals, pieces = [], []
-    stream = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello demo"}], stream=True
-    )
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.monotonic())
-            pieces.append(chunk.choices[0].delta.content)
+    with openai.OpenAI(base_url=demo.url + "/v1", api_key="unused", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello demo"}], stream=True
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic())
+                pieces.append(chunk.choices[0].delta.content)
     text = "".join(pieces)
     assert (
         text == "Hello from the foundry-proxy emulator (emulated-gpt-4o-mini). You said: Hello demo"
@@ -122,7 +137,7 @@ def test_demo_runs_the_production_listener(demo: Demo) -> None:
 
 
 def test_demo_serves_every_emulated_route(demo: Demo) -> None:
-    client = openai.OpenAI(base_url=demo.url + "/v1", api_key="unused", max_retries=0)
+    client = demo.keep(openai.OpenAI(base_url=demo.url + "/v1", api_key="unused", max_retries=0))
     assert next(m.id for m in client.models.list()).startswith("emulated-")
     assert (
         len(client.embeddings.create(model="text-embedding-3-small", input="hi").data[0].embedding)
@@ -134,8 +149,10 @@ def test_demo_serves_every_emulated_route(demo: Demo) -> None:
     assert events[0] == "response.created"
     assert events[-1] == "response.completed"
     assert "response.output_text.delta" in events
-    azure = openai.AzureOpenAI(
-        azure_endpoint=demo.url, api_version="2024-10-21", api_key="x", max_retries=0
+    azure = demo.keep(
+        openai.AzureOpenAI(
+            azure_endpoint=demo.url, api_version="2024-10-21", api_key="x", max_retries=0
+        )
     )
     reply = azure.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
@@ -161,10 +178,10 @@ def test_demo_serves_every_emulated_route(demo: Demo) -> None:
 def test_demo_fault_knobs() -> None:
     d = Demo("--rate-limit-every", "2", "--token-delay", "0")
     try:
-        client = openai.OpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0)
-        client.models.list()
-        with pytest.raises(openai.RateLimitError) as info:
+        with openai.OpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as client:
             client.models.list()
+            with pytest.raises(openai.RateLimitError) as info:
+                client.models.list()
         assert info.value.response.headers["retry-after"] == "2"
     finally:
         assert d.stop(signal.SIGTERM)[0] == 0
@@ -174,13 +191,13 @@ def test_demo_refreshes_short_tokens() -> None:
     """With 3 s tokens, 5 s of calls succeed throughout: the emulator checks expiry."""
     d = Demo("--token-lifetime", "3", "--token-delay", "0")
     try:
-        client = openai.OpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0)
-        deadline = time.monotonic() + 5
-        calls = 0
-        while time.monotonic() < deadline:
-            client.models.list()  # raises on any 401
-            calls += 1
-            time.sleep(0.1)
+        with openai.OpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as client:
+            deadline = time.monotonic() + 5
+            calls = 0
+            while time.monotonic() < deadline:
+                client.models.list()  # raises on any 401
+                calls += 1
+                time.sleep(0.1)
         assert calls > 20
     finally:
         d.stop()
