@@ -44,8 +44,8 @@ def test_d40_inbound_keys_are_required_compared_and_stripped(
     # Accepted as the OpenAI SDKs send it, as AzureOpenAI sends it, and from the file.
     from openai import OpenAI
 
-    client = OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
-    reply = client.chat.completions.create(**CHAT)
+    with OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0) as client:
+        reply = client.chat.completions.create(**CHAT)
     assert reply.choices[0].message.content
     assert httpx2.post(url, json=CHAT, headers={"api-key": OTHER_KEY}).status_code == 200
     for entry in s.foundry.journal:

@@ -77,8 +77,10 @@ def test_nothing_close_still_names_the_nearest_operation(default_policy: Stack) 
 
 def test_the_openai_sdk_sees_not_found_with_the_hint(default_policy: Stack) -> None:
     """A base URL missing its /v1: the SDK raises NotFoundError and says what was meant."""
-    client = openai.OpenAI(base_url=default_policy.url, api_key="unused", max_retries=0)
-    with pytest.raises(openai.NotFoundError) as info:
+    with (
+        openai.OpenAI(base_url=default_policy.url, api_key="unused", max_retries=0) as client,
+        pytest.raises(openai.NotFoundError) as info,
+    ):
         client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert "did you mean POST /v1/chat/completions?" in str(info.value)
     assert info.value.code == "not_found"
