@@ -214,6 +214,7 @@ def test_deployment_names_are_mapped_per_backend_on_both_route_families(tmp_path
         azure = openai.AzureOpenAI(
             azure_endpoint=stack.url, api_version="2024-10-21", api_key="unused", max_retries=0
         )
+        stack.clients.append(azure)
         assert chat(v1)[0] == "a"
         azure.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
         assert a.models_seen()[0] == "gpt-4o-a"

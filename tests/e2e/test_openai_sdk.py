@@ -132,6 +132,7 @@ def test_azure_audio_upload_to_deployment_route(stack: Stack) -> None:
     client = AzureOpenAI(
         azure_endpoint=stack.url, api_version="2024-10-21", api_key="x", max_retries=0
     )
+    stack.clients.append(client)
     result = client.audio.transcriptions.create(model="whisper-dep", file=("a.wav", audio))
     digest = hashlib.sha256(audio).hexdigest()
     assert result.text == f"Emulated transcription of a.wav: {len(audio)} bytes, sha256 {digest}."

@@ -144,6 +144,7 @@ def test_openai_sdk_realtime_session_through_the_proxy(rt: RealtimeStack) -> Non
 
     first = rt.fake.count()
     client = OpenAI(base_url=rt.s.url + "/v1", api_key="anything", max_retries=0)
+    rt.s.clients.append(client)
     events: list[Any] = []
     with sdk_connect(client) as connection:
         watchdog = threading.Timer(20, connection.close)
@@ -498,6 +499,7 @@ def test_default_policy_inbound_keys_and_origins() -> None:
         from openai import OpenAI
 
         client = OpenAI(base_url=rt.s.url + "/v1", api_key=KEY, max_retries=0)
+        rt.s.clients.append(client)
         with sdk_connect(client) as connection:
             watchdog = threading.Timer(10, connection.close)
             watchdog.start()

@@ -105,6 +105,7 @@ def test_unreachable_entra_reaches_the_openai_sdk_in_seconds(fresh_stack: Stack)
         s.env["AZURE_AUTHORITY_HOST"] = f"http://127.0.0.1:{closed.getsockname()[1]}"
         proxy = s.start_proxy(ready=False)
         client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused")
+        s.clients.append(client)
         timings = []
         for _ in range(2):  # the first while the proxy has just started, then in the outage
             started = time.monotonic()
