@@ -20,10 +20,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from tests.e2e.realtime_pair import realtime_pair
 from tests.e2e.stack import Stack, clean_environment, openai_client, run_proxy
-from tests.fakes.realtime import FakeRealtime
 from tests.fakes.resources import FakeResource, RefusingOrigin
-from tests.fakes.serve import ServerThread
 from tests.support.backends_toml import backends_toml
 from tests.support.chat import CHAT, CHAT_PATH
 from tests.support.readiness import wait_until
@@ -318,14 +317,8 @@ def test_the_token_reaches_only_configured_origins() -> None:
 
 
 def test_realtime_fails_over_at_the_handshake_only() -> None:
-    stack = Stack()
-    primary, secondary = FakeRealtime(stack.issuer), FakeRealtime(stack.issuer)
-    servers = [ServerThread(primary).start(), ServerThread(secondary).start()]
-    try:
-        stack.env["FOUNDRY_PROXY_UPSTREAM"] = ",".join(s.url for s in servers)
-        stack.start_proxy()
+    with realtime_pair() as (primary, secondary, url):
         primary.refuse_status = 503
-        url = "ws" + stack.url.removeprefix("http") + "/v1/realtime?model=dep"
         with connect(url, open_timeout=5, close_timeout=2) as ws:
             assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
             assert (primary.count(), secondary.count()) == (1, 1)
@@ -338,11 +331,6 @@ def test_realtime_fails_over_at_the_handshake_only() -> None:
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 4001
         assert (primary.count(), secondary.count()) == (1, 1)
-    finally:
-        log = stack.close()
-        for server in servers:
-            server.stop()
-        assert not stack.leaks(log)
 
 
 def test_check_calls_every_backend(tmp_path: Path) -> None:

@@ -10,9 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.e2e.stack import Stack
-from tests.fakes.realtime import FakeRealtime
-from tests.fakes.serve import ServerThread
+from tests.e2e.realtime_pair import realtime_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -24,16 +22,10 @@ def denied(url: str) -> Any:
 
 
 def test_both_backends_throttle_the_handshake() -> None:
-    stack = Stack()
-    primary, secondary = FakeRealtime(stack.issuer), FakeRealtime(stack.issuer)
-    servers = [ServerThread(primary).start(), ServerThread(secondary).start()]
-    try:
-        stack.env["FOUNDRY_PROXY_UPSTREAM"] = ",".join(s.url for s in servers)
-        stack.start_proxy()
+    with realtime_pair() as (primary, secondary, url):
         primary.refuse_status = secondary.refuse_status = 429
         primary.refusal_headers = [("Retry-After", "5"), ("x-ratelimit-remaining-tokens", "0")]
         secondary.refusal_headers = [("Retry-After", "7"), ("retry-after-ms", "7000")]
-        url = "ws" + stack.url.removeprefix("http") + "/v1/realtime?model=dep"
 
         first = denied(url)
         # Both were asked, in priority order; the client gets the last one's answer.
@@ -52,8 +44,3 @@ def test_both_backends_throttle_the_handshake() -> None:
         assert json.loads(second.body)["error"]["code"] == "all_backends_cooling_down"
         wait = int(second.headers["retry-after"])
         assert wait in range(1, 6)
-    finally:
-        log = stack.close()
-        for server in servers:
-            server.stop()
-        assert not stack.leaks(log)
