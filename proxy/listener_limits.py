@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -106,9 +107,9 @@ class SendDeadline:
     # The warning logged when a client is cut off: its kind and its text (given send_timeout).
     _send_notice: tuple[str, str]
 
+    @abstractmethod
     def _send_blocked(self) -> bool:
-        """Whether the answer is still waiting for the client to take it."""
-        raise NotImplementedError
+        """Whether the answer is still waiting for the client to take it (each protocol says)."""
 
     def _took_some(self, left: int) -> bool:
         """Whether the client took some of the answer since the last check: slow, not gone."""
