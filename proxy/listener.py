@@ -201,6 +201,10 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         )
 
     def on_response_complete(self) -> None:
+        # An answer to HEAD writes no body to carry its held head out: send it now, before
+        # anything this connection writes next (cycle_transport.py).
+        if self._cycle_transport is not None:
+            self._cycle_transport.flush()
         if self._held_bodies:
             self._release_answered()
         if self._lingering:

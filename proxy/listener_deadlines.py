@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from proxy.cycle_transport import CycleTransport
 from proxy.listener_limits import ANSWERED_KEY, ListenerLimits, SendDeadline
 from proxy.replies import error_body
 
@@ -53,6 +54,7 @@ class ConnectionDeadlines(SendDeadline):
     _head_bytes: int
     _held: bytes
     _discarding: bool
+    _cycle_transport: CycleTransport | None
     # This part's own.
     _head_timer: asyncio.TimerHandle | None
     _body_timer: asyncio.TimerHandle | None
@@ -177,6 +179,7 @@ class ConnectionDeadlines(SendDeadline):
 
     def _refuse(self, status: int, reason: str, code: str, message: str, extra: str = "") -> None:
         self._disarm()
+        self._flush_head()
         if self.transport.is_closing() or self._lingering:
             return
         cycle = self.cycle
@@ -191,8 +194,15 @@ class ConnectionDeadlines(SendDeadline):
             self.transport.write(reply(status, reason, code, message, extra))
         self._close()
 
+    def _flush_head(self) -> None:
+        """A response head held for its body (cycle_transport.py) goes before anything the
+        listener writes or closes on its own."""
+        if self._cycle_transport is not None:
+            self._cycle_transport.flush()
+
     def _close(self) -> None:
         """Close the connection; gracefully when the client may still be sending."""
+        self._flush_head()
         if self.transport.is_closing() or self._lingering:
             return
         pending = (
