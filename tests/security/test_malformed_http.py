@@ -609,3 +609,20 @@ FUZZ_EXAMPLES = int(os.environ.get("FOUNDRY_PROXY_FUZZ_EXAMPLES", "0") or 0)
 def test_a14_long_fuzz(stack: Stack, evil: EvilListeners, data: bytes) -> None:
     """A14 (long, random): the same invariants for FOUNDRY_PROXY_FUZZ_EXAMPLES mutants."""
     check_mutant(stack, evil, data, _SENT)
+
+
+def test_a12_answer_to_head_comes_before_a_pipelined_refusal(
+    stack: Stack, evil: EvilListeners
+) -> None:
+    """A12: answers to pipelined HEAD requests (no body follows their heads, which
+    proxy/cycle_transport.py holds for one) go out whole and in order, and a malformed request
+    behind them is refused after them."""
+    assert stack.proxy is not None
+    # Past FOUNDRY_PROXY_MAX_PIPELINED (8), and large enough to be parsed a message at a time.
+    heads = request(b"HEAD /healthz HTTP/1.1", b"X-Pad: " + b"p" * 2000) * 12
+    ex = exchange(stack.proxy.port, heads + b"NOT A REQUEST\r\n\r\n", expect=13, linger=1.0)
+    lines = [line[:12] for line in ex.data.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert len(lines) >= 2, ex.text[:600]
+    assert lines[-1] == b"HTTP/1.1 400", lines
+    assert set(lines[:-1]) == {b"HTTP/1.1 200"}, lines
+    assert ex.closed
