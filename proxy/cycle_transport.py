@@ -5,7 +5,9 @@ A response's head is held back until the next write or the end of the event loop
 whichever comes first. uvicorn writes the head on ``http.response.start`` and the body on the
 next message, two system calls and two TCP segments for an answer the forwarder has whole; the
 head now leaves with the body's first bytes in one ``writev``. A streamed answer's head goes at
-the end of the turn, before the first event is even awaited. Measured in the benchmark (same
+the end of the turn, before the first event is even awaited. The listener flushes it when an
+answer completes (HEAD writes no body) and before anything it writes or closes on its own, so
+nothing overtakes a held head. Measured in the benchmark (same
 run, interleaved, five rounds each): 238 -> 231 us of CPU per small request, one system call
 less per answer.
 """
