@@ -7,9 +7,8 @@ next message, two system calls and two TCP segments for an answer the forwarder 
 head now leaves with the body's first bytes in one ``writev``. A streamed answer's head goes at
 the end of the turn, before the first event is even awaited. The listener flushes it when an
 answer completes (HEAD writes no body) and before anything it writes or closes on its own, so
-nothing overtakes a held head. Measured in the benchmark (same
-run, interleaved, five rounds each): 238 -> 231 us of CPU per small request, one system call
-less per answer.
+nothing overtakes a held head. Measured in the benchmark (same run, interleaved, five rounds
+each): 238 -> 231 us of CPU per small request, one system call less per answer.
 """
 
 from __future__ import annotations
