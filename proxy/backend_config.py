@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.settings_values import origin, scope
+from proxy.settings_values import BACKEND_NAME, BACKENDS_FILE, origin, scope
 
-UPSTREAM = "FOUNDRY_PROXY_UPSTREAM"
-BACKENDS_FILE = "FOUNDRY_PROXY_BACKENDS_FILE"
 EXAMPLE = "myresource.openai.azure.com"
-#: A backend's short name: what logs and metrics call it (a label value, so short and plain).
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # Azure deployment names: letters, digits, "-", "_" and "." (up to 64); a mapped name goes
 # into the upstream path, so nothing that could change the path's shape is accepted.
 _DEPLOYMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -84,7 +80,7 @@ def short_name(origin_: str, taken: set[str], number: int) -> str:
     https://myres.openai.azure.com), else backendN; made unique with -N."""
     host = urlsplit(origin_).hostname or ""
     label = host.split(".", 1)[0].lower()
-    name = label if _NAME.match(label) and not label.isdigit() and "." in host else ""
+    name = label if BACKEND_NAME.fullmatch(label) and not label.isdigit() and "." in host else ""
     name = name[:28] or f"backend{number}"
     if name in taken:
         name = f"{name}-{number}"
@@ -161,7 +157,7 @@ def _backend(entry: object, where: str, problems: list[str]) -> BackendSpec | No
         return None
     found: list[str] = [f"{where}: unknown key {k!r}" for k in sorted(set(entry) - _BACKEND_KEYS)]
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not BACKEND_NAME.fullmatch(name):
         found.append(
             f"{where}: name is required: 1-32 lower-case letters, digits, '-' or '_' "
             "(it names the backend in logs and metrics)"

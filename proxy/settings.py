@@ -22,13 +22,7 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 
 from proxy.addresses import is_loopback_host
-from proxy.backend_config import (
-    BACKENDS_FILE,
-    UPSTREAM,
-    PoolSpec,
-    pool_from_file,
-    pool_from_upstream,
-)
+from proxy.backend_config import PoolSpec, pool_from_file, pool_from_upstream
 from proxy.clouds import CLOUDS
 from proxy.errors import ConfigError
 from proxy.policy import DEFAULT_RULES, OPEN_RULES, Rule, parse_rules
@@ -46,6 +40,7 @@ from proxy.settings_names import env_file_problems, environment_warnings
 from proxy.settings_notices import known_secrets, probable_mistakes
 from proxy.settings_placeholders import placeholder_problems
 from proxy.settings_schema import CredentialChoice, SettingsFields, SettingsSource
+from proxy.settings_values import BACKENDS_FILE, UPSTREAM
 
 
 class SettingsError(ConfigError):

@@ -9,7 +9,6 @@ file too (docs/backends.md), a pool's placeholder being as dead as a single upst
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,19 +16,14 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from proxy.clouds import cloud_of_host
-from proxy.settings_values import NIL_GUID
+from proxy.settings_values import BACKEND_NAME, BACKENDS_FILE, NIL_GUID, UPSTREAM
 
 #: The host label config.example.env (and the Kubernetes manifests) use for the resource.
 EXAMPLE_RESOURCE = "myresource"
-UPSTREAM = "FOUNDRY_PROXY_UPSTREAM"
-BACKENDS_FILE = "FOUNDRY_PROXY_BACKENDS_FILE"
 _UPSTREAM_PLACEHOLDER = (
     f"still the example's placeholder (the resource name {EXAMPLE_RESOURCE}): set the "
     "endpoint shown on your resource's Keys and Endpoint page (origin only)"
 )
-# A backend's name as backend_config accepts it; anything else is not echoed (it may be any
-# text the file holds).
-_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 def _nil_guid(value: str) -> bool:
@@ -109,7 +103,7 @@ def _backends_file_problems(value: str) -> list[str]:
         if not isinstance(origin, str) or not _example_host(origin):
             continue
         name = entry.get("name")
-        named = f" ({name})" if isinstance(name, str) and _PLAIN_NAME.fullmatch(name) else ""
+        named = f" ({name})" if isinstance(name, str) and BACKEND_NAME.fullmatch(name) else ""
         problems.append(
             f"{BACKENDS_FILE} ({path.name}): backend {number}{named}: origin "
             f"{_UPSTREAM_PLACEHOLDER}"

@@ -11,6 +11,11 @@ from urllib.parse import urlsplit
 from proxy.addresses import is_loopback_host
 from proxy.clouds import COGNITIVE_SERVICES_SCOPE
 
+UPSTREAM = "FOUNDRY_PROXY_UPSTREAM"
+BACKENDS_FILE = "FOUNDRY_PROXY_BACKENDS_FILE"
+#: A backend's short name: what logs and metrics call it (a label value, so short and plain).
+#: Matched whole (fullmatch): "$" would let a trailing newline through.
+BACKEND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$"

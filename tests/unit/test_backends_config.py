@@ -155,6 +155,11 @@ def test_every_problem_of_a_backends_file_is_named_without_values(tmp_path: Path
             ),
             "the name 'a' is used twice",
         ),
+        # A trailing newline would end up in log lines and metric labels.
+        (
+            backends_toml({"name": "east\n", "origin": "https://a.openai.azure.com"}),
+            "backend 1: name is required",
+        ),
     ],
 )
 def test_broken_backends_files(tmp_path: Path, text: str, message: str) -> None:
