@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from proxy.budget import BUDGET_KEY, HELD_KEY, BodyBudget, HeldBody
 from proxy.cycle_transport import CycleTransport
 from proxy.listener_deadlines import ConnectionDeadlines
-from proxy.listener_limits import ListenerLimits
+from proxy.listener_limits import ListenerLimits, cancelled
 from proxy.listener_pipeline import PIPELINE_SLACK, PipelineFeed
 from proxy.listener_target import TargetForms, not_a_forward_proxy
 
@@ -104,9 +104,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         self._disarm()
         self._stop_body_window()
         self._stop_send_check()
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
+        self._linger_timer = cancelled(self._linger_timer)
         self._held = b""
         for _, held in self._held_bodies:
             held.close()

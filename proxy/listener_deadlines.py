@@ -20,7 +20,7 @@ import asyncio
 from typing import Any
 
 from proxy.cycle_transport import CycleTransport
-from proxy.listener_limits import ANSWERED_KEY, ListenerLimits, SendDeadline
+from proxy.listener_limits import ANSWERED_KEY, ListenerLimits, SendDeadline, cancelled
 from proxy.replies import error_body
 
 # How long input is read and discarded after the answer on a connection being closed while
@@ -70,9 +70,7 @@ class ConnectionDeadlines(SendDeadline):
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_timer = cancelled(self._head_timer)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -97,9 +95,7 @@ class ConnectionDeadlines(SendDeadline):
         self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_window_end)
 
     def _stop_body_window(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._body_timer = cancelled(self._body_timer)
 
     def _body_window_end(self) -> None:
         self._body_timer = None

@@ -24,6 +24,13 @@ log = logging.getLogger("foundry_proxy")
 ANSWERED_KEY = "foundry_proxy.listener_answered"
 
 
+def cancelled(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel ``timer`` if one is set; None, for the attribute that held it."""
+    if timer is not None:
+        timer.cancel()
+    return None
+
+
 class Notices:
     """Warnings about limits that bite, at most one line per kind every ``every`` seconds (with
     the count of those left out): an attack must not turn into a flood of log lines."""
@@ -121,9 +128,7 @@ class SendDeadline:
             self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_check)
 
     def _stop_send_check(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        self._send_timer = cancelled(self._send_timer)
 
     def _send_check(self) -> None:
         self._send_timer = None
