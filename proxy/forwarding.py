@@ -65,6 +65,9 @@ class Forwarder:
         self._rt = runtime
         self._wants_model = runtime.metrics is not None or runtime.access.enabled
         self.in_flight = 0
+        # The last token and its Authorization header, which every request sent with that
+        # token shares (see _authorization).
+        self._bearer: tuple[str, tuple[str, str]] = ("", ("", ""))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         x = Exchange(
@@ -270,7 +273,7 @@ class Forwarder:
             return await self._rt.upstream.session.request(
                 request.method,
                 url,
-                headers=[*headers, ("Authorization", "Bearer " + token)],
+                headers=[*headers, self._authorization(token)],
                 data=data,
                 allow_redirects=False,
                 skip_auto_headers=unsent(headers),
@@ -281,6 +284,17 @@ class Forwarder:
             if request.body.too_large:
                 raise TooLarge from None
             raise
+
+    def _authorization(self, token: str) -> tuple[str, str]:
+        """The Authorization header for ``token``, one copy for all requests that send it.
+
+        aiohttp keeps a request's headers (its request_info) until the response is released,
+        so a stream holds its header for as long as it lasts. Entra tokens run to 1.5-2.5 KB:
+        a fresh "Bearer ..." string per request cost that much per open stream (issue 17's
+        1,000-stream peak), and one more copy of the token in memory each time."""
+        if self._bearer[0] != token:
+            self._bearer = (token, ("Authorization", "Bearer " + token))
+        return self._bearer[1]
 
     async def _after_401(
         self, request: _Request, token_scope: str, token: str, response: aiohttp.ClientResponse
