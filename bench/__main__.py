@@ -483,25 +483,29 @@ http {{
         return {n: _median(r) for n, r in runs.items()}
 
     def observability_cost(self) -> dict[str, Any]:
-        """Two fresh proxies pinned to CPU 0, one with /metrics and the access log (the
-        default) and one without, run alternately: what observability costs per request. Both
-        start fresh, so neither carries the heap of the earlier tests."""
+        """Fresh processes pinned to CPU 0, run alternately: the proxy with /metrics and the
+        access log (the default), the proxy without them, and the bare stack (bench/bare_proxy.py:
+        the required packages forwarding with nothing of foundry-proxy). What observability
+        costs per request, and the floor under the whole figure. All start fresh, so none
+        carries the heap of the earlier tests."""
         procs: dict[str, tuple[subprocess.Popen[bytes], Variant]] = {}
-        for name, extra in (
-            ("on", {}),
-            ("off", {"FOUNDRY_PROXY_METRICS": "false", "FOUNDRY_PROXY_ACCESS_LOG": "off"}),
-        ):
+        off = {"FOUNDRY_PROXY_METRICS": "false", "FOUNDRY_PROXY_ACCESS_LOG": "off"}
+        for name, extra in (("on", {}), ("off", off), ("bare", None)):
             port = free_port()
-            proc = self.spawn(
-                [self.python, "-m", "proxy", "--port", str(port)], 0, self.proxy_env | extra
-            )
-            wait_port(port)
-            deadline = time.monotonic() + 20
-            while self.get(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if extra is None:
+                command = [self.python, "-m", "bench.bare_proxy", str(port), self.upstream]
+                proc = self.spawn(command, 0, self.proxy_env)
+                wait_port(port)
+            else:
+                command = [self.python, "-m", "proxy", "--port", str(port)]
+                proc = self.spawn(command, 0, self.proxy_env | extra)
+                wait_port(port)
+                deadline = time.monotonic() + 20
+                while self.get(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+                    time.sleep(0.05)
             procs[name] = (proc, Variant(f"proxy {name}", f"http://127.0.0.1:{port}/v1", proc))
         time.sleep(0.5)
-        runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in procs}
         for _ in range(max(2, self.mode.reps)):
             for name, (_, variant) in procs.items():
                 runs[name].append(self.wrk(variant, "/chat/completions", 32, True))
@@ -658,7 +662,7 @@ http {{
                 scaling = self.workers_scaling(variants[2])
             except RuntimeError as exc:  # reported, and the rest of the run goes on
                 self.skipped["--workers 2"] = str(exc)
-        observability = self.observability_cost() if mode.workers else None
+        observability = self.observability_cost()
         litellm = self.litellm(variants[2]) if mode.peers else None
         flame = self.flame(variants[2], self.out) if mode.profile else None
         medians = {
@@ -916,6 +920,10 @@ def report(
             f"| on (default) | {_f(o['on']['rps'])} | {_f(o['on']['cpu_us'])} |",
             f"| off | {_f(o['off']['rps'])} | {_f(o['off']['cpu_us'])} ({_ratio(o['on']['cpu_us'], o['off']['cpu_us'], 'x with them on')}) |",
         ]
+        if "bare" in o:
+            lines.append(
+                f"| the required stack alone (bench/bare_proxy.py: no proxy feature) | {_f(o['bare']['rps'])} | {_f(o['bare']['cpu_us'])} (the floor) |"
+            )
     lines += _extra_tables(result)
     targets = _targets(result, mode_name)
     lines += ["", "| target | measured | met |", "|---|---|---|"]

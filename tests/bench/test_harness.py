@@ -5,6 +5,7 @@ Figures from a run this short mean nothing and are not judged: this only guards 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -39,3 +40,8 @@ def test_tiny_benchmark_produces_the_table(tmp_path: Path) -> None:
     ):
         assert row in table, row
     assert "| foundry-proxy |" in table.splitlines()[2]
+    # The CPU floor: the bare stack (bench/bare_proxy.py) must forward, or the floor is an
+    # error page's cost.
+    assert "| the required stack alone (bench/bare_proxy.py: no proxy feature) | " in table
+    bare = json.loads((tmp_path / "latest.json").read_text())["observability"]["bare"]
+    assert bare["rps"] > 0 and bare["errors"] == 0 and not bare["socket_errors"], bare
