@@ -44,4 +44,6 @@ def test_tiny_benchmark_produces_the_table(tmp_path: Path) -> None:
     # error page's cost.
     assert "| the required stack alone (bench/bare_proxy.py: no proxy feature) | " in table
     bare = json.loads((tmp_path / "latest.json").read_text())["observability"]["bare"]
-    assert bare["rps"] > 0 and bare["errors"] == 0 and not bare["socket_errors"], bare
+    assert bare["rps"] > 0, bare
+    assert bare["errors"] == 0, bare
+    assert not bare["socket_errors"], bare
