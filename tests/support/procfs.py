@@ -51,6 +51,19 @@ def settle_fds(pid: int, target: int, timeout: float) -> int:
     return count
 
 
+def settle_rss(pid: int, target_kb: int, timeout: float) -> int:
+    """Poll until the RSS is at most ``target_kb`` (bounded); return the last figure (KiB).
+
+    Memory an attack left comes back once the proxy is idle: its idle collector looks every
+    second (proxy/garbage.py), which a loaded machine can delay."""
+    deadline = time.monotonic() + timeout
+    rss = rss_kb(pid)
+    while rss > target_kb and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rss = rss_kb(pid)
+    return rss
+
+
 class RssSampler:
     """Samples a process's RSS from a background thread; keeps the maximum seen."""
 
