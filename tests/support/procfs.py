@@ -9,6 +9,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -41,14 +42,19 @@ def fd_count(pid: int) -> int:
     return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
+def _settle(read: Callable[[int], int], pid: int, target: int, timeout: float) -> int:
+    """Poll ``read(pid)`` until it is at most ``target`` (bounded); return the last figure."""
+    deadline = time.monotonic() + timeout
+    value = read(pid)
+    while value > target and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read(pid)
+    return value
+
+
 def settle_fds(pid: int, target: int, timeout: float) -> int:
     """Poll until the fd count is at most ``target`` (bounded); return the last count."""
-    deadline = time.monotonic() + timeout
-    count = fd_count(pid)
-    while count > target and time.monotonic() < deadline:
-        time.sleep(0.1)
-        count = fd_count(pid)
-    return count
+    return _settle(fd_count, pid, target, timeout)
 
 
 def settle_rss(pid: int, target_kb: int, timeout: float) -> int:
@@ -56,12 +62,7 @@ def settle_rss(pid: int, target_kb: int, timeout: float) -> int:
 
     Memory an attack left comes back once the proxy is idle: its idle collector looks every
     second (proxy/garbage.py), which a loaded machine can delay."""
-    deadline = time.monotonic() + timeout
-    rss = rss_kb(pid)
-    while rss > target_kb and time.monotonic() < deadline:
-        time.sleep(0.1)
-        rss = rss_kb(pid)
-    return rss
+    return _settle(rss_kb, pid, target_kb, timeout)
 
 
 class RssSampler:
