@@ -9,8 +9,8 @@ bounds"); ``ListenerLimits`` (listener_limits.py) carries them, from the setting
 - pipelined requests are parsed only ``max_pipelined`` ahead of the one being answered
   (listener_pipeline.py);
 - request-body bytes held in memory beyond each request's first 16 KiB come out of one budget
-  per process (budget.py; FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES), counted here as the parser
-  hands them over: a request that finds it spent is answered 503 and closed;
+  per process (budget.py; FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES), counted as the parser hands
+  them over (listener_budget.py): a request that finds it spent is answered 503 and closed;
 - trailer fields of a chunked body are dropped (RFC 9112 section 7.1.2 forbids merging them
   into the header section; uvicorn appended them to the request's headers) and bounded like
   a head;
@@ -32,8 +32,9 @@ import httptools
 from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from proxy.budget import BUDGET_KEY, HELD_KEY, BodyBudget, HeldBody
+from proxy.budget import BUDGET_KEY, BodyBudget, HeldBody
 from proxy.cycle_transport import CycleTransport
+from proxy.listener_budget import HeldBodies, RequestCycle
 from proxy.listener_deadlines import ConnectionDeadlines
 from proxy.listener_limits import ListenerLimits, cancelled
 from proxy.listener_pipeline import PIPELINE_SLACK, PipelineFeed
@@ -47,7 +48,9 @@ def parser_in_use() -> str:
     return f"httptools {httptools.__version__} (llhttp)"
 
 
-class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, TargetForms):
+class GuardedHttpProtocol(
+    HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, TargetForms, HeldBodies
+):
     """HttpToolsProtocol with the bounds of ListenerLimits, read from the server's config
     (uvicorn makes one protocol instance per connection)."""
 
@@ -83,7 +86,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         budget = self.app_state.get(BUDGET_KEY)
         self._budget = budget if isinstance(budget, BodyBudget) else None
         self._held_body: HeldBody | None = None
-        self._held_bodies: list[tuple[RequestResponseCycle, HeldBody]] = []
+        self._held_bodies: list[tuple[RequestCycle, HeldBody]] = []
         # Every request parsed and not answered yet, the one being answered included: uvicorn
         # keeps only the newest, so a disconnect would leave the running one writing on.
         self._cycles: list[RequestResponseCycle] = []
@@ -106,9 +109,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         self._stop_send_check()
         self._linger_timer = cancelled(self._linger_timer)
         self._held = b""
-        for _, held in self._held_bodies:
-            held.close()
-        self._held_bodies = []
+        self._release_all()
         for cycle in self._cycles:
             if not cycle.response_complete:
                 cycle.disconnected = True
@@ -298,11 +299,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
             self._cycles.append(cycle)
             cycle.transport = transport  # type: ignore[assignment]
             transport.hold_head = True
-            self._held_body = None
-            if self._budget is not None and (self._body_left or chunked):
-                held = self._held_body = HeldBody(self._budget)
-                cycle.scope[HELD_KEY] = held  # type: ignore[literal-required]
-                self._held_bodies.append((cycle, held))
+            self._hold_body(cycle, bool(self._body_left or chunked))
             if other_upgrade:
                 # Served as a plain request (Upgrade is hop-by-hop and not forwarded); bytes
                 # after the head are never read, so the connection must end with this response.
@@ -312,9 +309,7 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         self._body_left -= len(body)
         self._body_bytes += len(body)
         self._chunk_empty = False
-        held = self._held_body
-        if held is not None and not self.cycle.response_complete and not held.add(len(body)):
-            self._over_budget()
+        self._count_body(len(body), self.cycle.response_complete)
         if self._lingering:
             return  # refused (over the budget, or a bad chunk earlier in this read): not kept
         super().on_body(body)
@@ -333,38 +328,6 @@ class GuardedHttpProtocol(HttpToolsProtocol, PipelineFeed, ConnectionDeadlines, 
         self._chunk_empty = False
         self._stop_body_window()
         super().on_message_complete()
-
-    # -- the request-body budget ------------------------------------------------------------
-
-    def _over_budget(self) -> None:
-        budget = self._budget
-        assert budget is not None
-        self.limits.notices.warn(
-            "body-budget",
-            "request bodies held in memory reached %d bytes beyond their free parts: requests "
-            "needing more are answered 503 (FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES=%d)",
-            budget.used,
-            budget.limit,
-        )
-        self._refuse(
-            503,
-            "Service Unavailable",
-            "body_buffers_full",
-            f"foundry-proxy holds its limit of {budget.limit} bytes of request bodies "
-            "(FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES); retry shortly",
-            "retry-after: 1\r\n",
-        )
-
-    def _release_answered(self) -> None:
-        """Give back the budget of the bodies whose requests are answered (the forwarder gives
-        its own back as it ends; the app may not read a body at all)."""
-        waiting = []
-        for cycle, held in self._held_bodies:
-            if cycle.response_complete:
-                held.close()
-            else:
-                waiting.append((cycle, held))
-        self._held_bodies = waiting
 
     def pause_writing(self) -> None:
         super().pause_writing()
