@@ -54,6 +54,43 @@ class GuardedHttpProtocol(
     """HttpToolsProtocol with the bounds of ListenerLimits, read from the server's config
     (uvicorn makes one protocol instance per connection)."""
 
+    # A connection's state, this class's and its parts', lives in slots. uvicorn sets 27
+    # attributes in the instance dict; CPython shares a dict's keys among a class's instances
+    # only up to 30 of them, and these 29 more gave every connection a table of its own (1,584
+    # bytes against 296 shared, plus 232 for the slots). Measured (bench hold, 4 runs each):
+    # 1,000 open streams peak at 97.6-97.9 MB against 99.2-99.6 (issue 17).
+    __slots__ = (
+        "_body_bytes",
+        "_body_excused",
+        "_body_left",
+        "_body_timer",
+        "_budget",
+        "_chunk_empty",
+        "_cycle_transport",
+        "_cycles",
+        "_discarding",
+        "_head_bytes",
+        "_head_size",
+        "_head_timer",
+        "_held",
+        "_held_bodies",
+        "_held_body",
+        "_in_head",
+        "_linger_timer",
+        "_lingering",
+        "_message_done",
+        "_overflow",
+        "_oversized",
+        "_send_left",
+        "_send_timer",
+        "_target_refused",
+        "_trailer_partial",
+        "_trailer_size",
+        "head_timeout",
+        "limits",
+        "max_header_bytes",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits = ListenerLimits.of(self.config)
