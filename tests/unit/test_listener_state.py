@@ -40,8 +40,12 @@ async def _app(scope: object, receive: object, send: object) -> None:
 def test_the_instance_dict_holds_only_uvicorns_attributes() -> None:
     plain, guarded = _protocols()
     assert set(vars(guarded)) == set(vars(plain))
-    # Shared keys: the dict is a small values array, not a table of its own (~1.6 KB).
-    assert sys.getsizeof(vars(guarded)) < 1024
+    # Shared keys: the dict is a small values array, not a table of its own (~1.6 KB). Should
+    # uvicorn itself come to set 30 attributes, this fails with no change of ours: the saving
+    # is gone, and the listener's notes (issue 17) need another look.
+    assert sys.getsizeof(vars(guarded)) < 1024, (
+        f"{len(vars(guarded))} attributes in the instance dict: its keys are no longer shared"
+    )
 
 
 def test_every_attribute_the_listener_sets_has_a_slot_or_is_uvicorns() -> None:
