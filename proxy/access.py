@@ -24,7 +24,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from typing import Literal, TextIO
 
-from proxy.metrics import Exchange
+from proxy.exchange import Exchange
 
 # The C implementation behind json.dumps(ensure_ascii=True) for one string: quotes it and
 # escapes every control and non-ASCII character, line separators included.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from starlette.types import Scope
 
 from proxy.addresses import host_of_authority, is_loopback_host
-from proxy.metrics import Exchange
+from proxy.exchange import Exchange
 from proxy.policy import Policy
 from proxy.replies import CLOSE, ErrorReply, anthropic_call, anthropic_elsewhere
 from proxy.rewrite import BadTarget, Inbound, Target, map_target, request_headers

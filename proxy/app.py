@@ -12,6 +12,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,19 +23,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.access import AccessLog
 from proxy.admission import Gate
 from proxy.backends import Pool
-from proxy.budget import BUDGET_KEY, BodyBudget, BudgetCollector
+from proxy.budget import BUDGET_KEY, BodyBudget
 from proxy.credentials import Credential, TokenProvider, credential_from_settings
 from proxy.credentials.factory import TokenClients
+from proxy.credentials.provider import TokenStatus
 from proxy.forwarding import Forwarder
 from proxy.garbage import IdleCollector
 from proxy.logs import configure_logging
-from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from proxy.metrics import BackendCollector, Metrics
 from proxy.policy import Policy
 from proxy.realtime import RealtimeRelay
 from proxy.runtime import Runtime
 from proxy.settings import Settings
 from proxy.upstream_session import UpstreamSession
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from proxy.metrics import Metrics
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -66,11 +71,7 @@ def create_app(
     clients = TokenClients.create(settings, tls)
     credential = credential or credential_from_settings(settings, clients)
     # The token series are read at scrape time, from the provider created just below.
-    metrics = (
-        Metrics(lambda: tokens.statuses(), credential.kind, settings.metrics_max_models)
-        if settings.metrics
-        else None
-    )
+    metrics = _metrics(settings, lambda: tokens.statuses(), credential.kind)
     tokens = TokenProvider(
         credential,
         primary_scope=settings.scope,
@@ -92,12 +93,10 @@ def create_app(
     # stops (garbage.py).
     collector = IdleCollector(lambda: forwarder.in_flight > 0 or gate.slots_held > 0)
     if metrics is not None:
-        metrics.in_flight.set_function(lambda: forwarder.in_flight)
-        metrics.registry.register(BudgetCollector(body_budget))
-        metrics.registry.register(
-            BackendCollector(
-                lambda: [(b.name, b.requests, b.failovers, b.health.label()) for b in pool.backends]
-            )
+        metrics.watch(
+            lambda: forwarder.in_flight,
+            body_budget,
+            lambda: [(b.name, b.requests, b.failovers, b.health.label()) for b in pool.backends],
         )
 
     async def healthz(request: Request) -> JSONResponse:
@@ -107,7 +106,7 @@ def create_app(
     async def metrics_text(request: Request) -> Response:
         if metrics is None:
             return JSONResponse({"error": "metrics are off (FOUNDRY_PROXY_METRICS)"}, 404)
-        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     async def readyz(request: Request) -> JSONResponse:
         status = tokens.status()
@@ -172,3 +171,15 @@ def create_app(
             await framework(scope, receive, send)
 
     return app
+
+
+def _metrics(
+    settings: Settings, statuses: Callable[[], Iterable[TokenStatus]], kind: str
+) -> Metrics | None:
+    """The app's metrics when they are on. prometheus_client is imported only then: an idle
+    proxy imports what its features need (issue 17; tests/unit/test_lazy_imports.py)."""
+    if not settings.metrics:
+        return None
+    from proxy.metrics import Metrics
+
+    return Metrics(statuses, kind, settings.metrics_max_models)

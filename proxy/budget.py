@@ -20,11 +20,6 @@ that first). One event loop runs every request of a process, so the counts need 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 # What a request may hold without asking: a chat request of a few thousand tokens. At the
 # default FOUNDRY_PROXY_MAX_CONNECTIONS, 2048 x 16 KiB = 32 MiB at most.
 FREE_BYTES = 16 * 1024
@@ -88,24 +83,3 @@ class HeldBody:
         """The request is over: everything it took goes back (again is harmless)."""
         self.budget.used -= self.taken
         self.taken = self.size = 0
-
-
-class BudgetCollector(Collector):
-    """The budget's use and its refusals, read when /metrics is scraped."""
-
-    def __init__(self, budget: BodyBudget) -> None:
-        self._budget = budget
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        budget = self._budget
-        yield GaugeMetricFamily(
-            "foundry_proxy_request_body_buffered_bytes",
-            "Request-body bytes held in memory beyond each request's free part "
-            "(FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES)",
-            value=budget.used,
-        )
-        yield CounterMetricFamily(
-            "foundry_proxy_request_body_budget_refusals",
-            "Requests answered 503 because the request-body budget was spent",
-            value=budget.refused,
-        )

@@ -27,8 +27,8 @@ from proxy.backends import Backend, all_cooling_down
 from proxy.budget import HELD_KEY
 from proxy.downstream import Body, ClientGone, TooLarge, Watch
 from proxy.errors import CredentialError
+from proxy.exchange import Exchange
 from proxy.listener_limits import ANSWERED_KEY
-from proxy.metrics import Exchange
 from proxy.replies import ErrorReply, send_error, token_unavailable, too_large, upstream_failure
 from proxy.response_relay import answer, token_rejected, unsent
 from proxy.rewrite import BadTarget

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,8 +20,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.budget import BodyBudget
 from proxy.credentials.provider import TokenStatus
-from proxy.usage import Usage
+from proxy.exchange import Exchange
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Label values that clients choose are bounded (docs/security.md, "Resource bounds"): a series
@@ -38,36 +38,6 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _MAX_ERROR_KINDS = 32
 # Model calls take from milliseconds (embeddings) to minutes (long generations).
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one request did, filled in as it goes; read by metrics and the access log."""
-
-    method: str
-    path: str
-    route: str
-    started: float  # time.perf_counter()
-    status: int = 0
-    first_byte: float | None = None
-    ended: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    streamed: bool = False
-    deployment: str = ""
-    client_request_id: str = ""
-    apim_request_id: str = ""
-    upstream_error: str = ""  # the proxy's error code when the upstream failed
-    backend: str = ""  # the short name of the backend that answered (the last one tried)
-    close_code: int | None = None  # a WebSocket session's close code
-    frames_in: int = 0  # WebSocket messages from the client
-    frames_out: int = 0  # WebSocket messages to the client
-    ratelimit: dict[str, str] | None = None  # made only when the upstream sends them
-    usage: Usage | None = None
-
-    @property
-    def model(self) -> str:
-        return (self.usage.model if self.usage else "") or self.deployment
 
 
 class TokenCollector(Collector):
@@ -148,6 +118,8 @@ class BackendCollector(Collector):
 
 
 class Metrics:
+    content_type = CONTENT_TYPE
+
     def __init__(
         self,
         statuses: Callable[[], Iterable[TokenStatus]],
@@ -315,5 +287,38 @@ class Metrics:
         counters[0].inc(read)
         counters[1].inc(creation)
 
+    def watch(
+        self,
+        in_flight: Callable[[], int],
+        budget: BodyBudget,
+        backends: Callable[[], Iterable[tuple[str, int, int, str]]],
+    ) -> None:
+        """Series read from the app's state when scraped: requests in flight (the forwarder's
+        plain counter), the request-body budget, and each backend (BackendCollector)."""
+        self.in_flight.set_function(in_flight)
+        self.registry.register(BudgetCollector(budget))
+        self.registry.register(BackendCollector(backends))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BudgetCollector(Collector):
+    """The budget's use and its refusals, read when /metrics is scraped."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        budget = self._budget
+        yield GaugeMetricFamily(
+            "foundry_proxy_request_body_buffered_bytes",
+            "Request-body bytes held in memory beyond each request's free part "
+            "(FOUNDRY_PROXY_MAX_BUFFERED_BODY_BYTES)",
+            value=budget.used,
+        )
+        yield CounterMetricFamily(
+            "foundry_proxy_request_body_budget_refusals",
+            "Requests answered 503 because the request-body budget was spent",
+            value=budget.refused,
+        )

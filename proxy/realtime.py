@@ -28,7 +28,7 @@ from proxy.admission import Admission
 from proxy.backend_health import retry_after
 from proxy.backends import Backend, all_cooling_down
 from proxy.errors import CredentialError
-from proxy.metrics import Exchange
+from proxy.exchange import Exchange
 from proxy.realtime_frames import pump
 from proxy.replies import ErrorReply, Headers, token_unavailable
 from proxy.rewrite import BadTarget

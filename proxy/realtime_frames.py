@@ -21,7 +21,7 @@ from types import MappingProxyType
 import aiohttp
 from starlette.types import Receive, Send
 
-from proxy.metrics import Exchange
+from proxy.exchange import Exchange
 
 log = logging.getLogger("foundry_proxy.realtime")
 

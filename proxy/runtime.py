@@ -8,14 +8,17 @@ to. Both paths take this one object rather than each its own copy of seven param
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy.access import AccessLog
 from proxy.admission import Gate
 from proxy.backends import Pool
 from proxy.credentials.provider import TokenProvider
-from proxy.metrics import Metrics
 from proxy.settings import Settings
 from proxy.upstream_session import UpstreamSession
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ waits until the answer has gone out.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from starlette.types import Message, Send
 
-from proxy.metrics import Exchange, Metrics
+from proxy.exchange import Exchange
 from proxy.usage import (
     JSON_HEAD,
     JSON_TAIL,
@@ -21,6 +22,9 @@ from proxy.usage import (
     from_stream_tail,
     model_of_request,
 )
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 
 class UsageTap:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from proxy.access import MAX_FIELD, MAX_PATH, MAX_QUEUED, AccessLog
-from proxy.metrics import Exchange
+from proxy.exchange import Exchange
 
 # Every character a log reader may take for the end of a line, plus ones that hide text.
 BREAKS = ["\r", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\x1b[2K"]

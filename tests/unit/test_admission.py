@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from proxy.admission import Admission, Gate, Refusal
-from proxy.metrics import Exchange
+from proxy.exchange import Exchange
 from proxy.policy import Policy
 from proxy.settings import Settings, load_settings
 

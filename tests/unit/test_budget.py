@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.budget import BodyBudget, BudgetCollector, HeldBody
+from proxy.budget import BodyBudget, HeldBody
+from proxy.metrics import BudgetCollector
 
 KIB = 1024
 

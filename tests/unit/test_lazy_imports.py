@@ -87,3 +87,12 @@ def test_the_probe_sees_what_serving_imports(serving: set[str]) -> None:
 @pytest.mark.parametrize("name", NEVER_SERVING)
 def test_serving_with_a_client_secret_leaves_out(serving: set[str], name: str) -> None:
     assert not imported(serving, name), f"{name} imported while serving"
+
+
+def test_serving_with_metrics_off_leaves_out_prometheus(tmp_path: Path, serving: set[str]) -> None:
+    # Metrics are on by default, so the probe does see prometheus_client when it is imported.
+    assert imported(serving, "prometheus_client")
+    off = serving_modules(tmp_path, FOUNDRY_PROXY_METRICS="false")
+    assert imported(off, "proxy.forwarding")
+    assert not imported(off, "prometheus_client"), "prometheus_client imported with metrics off"
+    assert not imported(off, "proxy.metrics")

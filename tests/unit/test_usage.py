@@ -167,7 +167,7 @@ def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
 def _tapped(route: str, body: bytes, chunk: int = 65536) -> tuple[Usage | None, int]:
     """``body`` sent as a 200 JSON answer through the forwarder's tap in ``chunk``-sized
     pieces: the usage it read and the most bytes it ever kept at once."""
-    from proxy.metrics import Exchange
+    from proxy.exchange import Exchange
     from proxy.usage_tap import UsageTap
 
     sent: list[object] = []
