@@ -57,7 +57,7 @@ class GuardedHttpProtocol(
     # A connection's state, this class's and its parts', lives in slots. uvicorn sets 27
     # attributes in the instance dict; CPython shares a dict's keys among a class's instances
     # only up to 30 of them, and these 29 more gave every connection a table of its own (1,584
-    # bytes against 296 shared, plus 232 for the slots). Measured (bench hold, 4 runs each):
+    # bytes against 288 shared, plus 232 for the slots). Measured (bench hold, 4 runs each):
     # 1,000 open streams peak at 97.6-97.9 MB against 99.2-99.6 (issue 17).
     __slots__ = (
         "_body_bytes",
