@@ -346,7 +346,7 @@ class GuardedHttpProtocol(
         self._body_left -= len(body)
         self._body_bytes += len(body)
         self._chunk_empty = False
-        self._count_body(len(body), self.cycle.response_complete)
+        self._count_body(len(body))
         if self._lingering:
             return  # refused (over the budget, or a bad chunk earlier in this read): not kept
         super().on_body(body)

@@ -26,6 +26,7 @@ class HeldBodies:
 
     # The protocol's (uvicorn's HttpToolsProtocol and GuardedHttpProtocol's).
     limits: ListenerLimits
+    cycle: Any  # the request being parsed (uvicorn's RequestResponseCycle)
     _refuse: Callable[..., None]  # listener_deadlines.py's
     # This part's own.
     _budget: BodyBudget | None
@@ -40,9 +41,10 @@ class HeldBodies:
             cycle.scope[HELD_KEY] = held
             self._held_bodies.append((cycle, held))
 
-    def _count_body(self, size: int, answered: bool) -> None:
+    def _count_body(self, size: int) -> None:
+        """Body bytes the parser hands over (a request already answered keeps none)."""
         held = self._held_body
-        if held is not None and not answered and not held.add(size):
+        if held is not None and not self.cycle.response_complete and not held.add(size):
             self._over_budget()
 
     def _over_budget(self) -> None:
