@@ -14,7 +14,7 @@ from proxy.usage import Usage
 
 @dataclass(slots=True)
 class Exchange:
-    """What one request did, filled in as it goes; read by metrics and the access log."""
+    """One request's or Realtime session's record (close code and frame counts: a session's)."""
 
     method: str
     path: str
