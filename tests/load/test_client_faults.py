@@ -262,13 +262,16 @@ def test_disconnect_while_waiting_for_a_token(fresh_stack: Stack) -> None:
 
 # -- G63 -------------------------------------------------------------------------------------
 
-SLOW_EVENTS = 90_000  # ~220 B each: ~20 MB of SSE, written by the upstream as fast as it can
+# ~220 B each: ~40 MB of SSE, written by the upstream as fast as it can. Loopback sockets grow
+# their buffers on their own (tcp_rmem allows 32 MB here): on a busy machine the upstream got
+# 15 MB out before it stalled, 75 % of a 20 MB stream, so the stream is twice that.
+SLOW_EVENTS = 180_000
 READ_RATE = 64 * 1024  # bytes per second
 READ_FOR = 5.0  # seconds
 
 
 def test_slow_reader_backpressure(fresh_stack: Stack) -> None:
-    """G63: a client reading a ~20 MB SSE stream at ~64 KB/s: the proxy buffers little (RSS),
+    """G63: a client reading a ~40 MB SSE stream at ~64 KB/s: the proxy buffers little (RSS),
     and the upstream's writes stall (it neither finishes nor keeps writing ahead)."""
     s = fresh_stack
     proxy = s.start_proxy()
